@@ -1,0 +1,28 @@
+//! The crate's error type.
+
+use crate::weights::WeightError;
+
+/// Errors of `framepack-models`.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Loading weights failed.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    /// A forward call got inputs that do not fit the model or each other.
+    #[error("invalid input `{argument}`: {reason}")]
+    Input {
+        /// The argument at fault.
+        argument: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn input(argument: &'static str, reason: impl Into<String>) -> Self {
+        Self::Input {
+            argument,
+            reason: reason.into(),
+        }
+    }
+}

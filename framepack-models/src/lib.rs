@@ -1,0 +1,20 @@
+//! FramePack's networks on burn, loading the published Hugging Face checkpoints unchanged.
+//!
+//! - [`transformer`]: the packed HunyuanVideo transformer (12.9 B parameters).
+//! - [`weights`]: safetensors files and shards, the Hugging Face cache, random and manifest
+//!   sources.
+//! - [`ops`]: the backend-extension trait through which the hot operations run.
+
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod transformer;
+pub mod weights;
+
+pub use burn;
+pub use error::ModelError;
+pub use ops::FramePackBackend;
+
+/// The CPU backend (burn-flex) used by tests and machines without a GPU.
+#[cfg(feature = "cpu")]
+pub type CpuBackend = burn::backend::Flex;

@@ -1,0 +1,168 @@
+//! Small building blocks shared by the networks, loaded by their checkpoint key names.
+
+use burn::tensor::{DType, Tensor};
+
+use crate::ops::FramePackBackend;
+use crate::weights::{join, TensorSource, WeightError};
+
+/// A linear layer holding its weight in PyTorch's `[out, in]` layout (no transpose on load).
+#[derive(Debug, Clone)]
+pub struct Linear<B: FramePackBackend> {
+    /// `[out, in]`.
+    pub weight: Tensor<B, 2>,
+    /// `[out]`.
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: FramePackBackend> Linear<B> {
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) as `dtype`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let weight = src.tensor(&join(prefix, "weight"), [out_features, in_features], dtype)?;
+        let bias = if bias {
+            Some(src.tensor(&join(prefix, "bias"), [out_features], dtype)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `x · Wᵀ + b` over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        B::dense(x, self.weight.clone(), self.bias.clone())
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// Layer normalisation over the last dimension, with or without an affine transform.
+#[derive(Debug, Clone)]
+pub struct LayerNorm<B: FramePackBackend> {
+    weight: Option<Tensor<B, 1>>,
+    bias: Option<Tensor<B, 1>>,
+    eps: f64,
+}
+
+impl<B: FramePackBackend> LayerNorm<B> {
+    /// A normalisation without parameters (`elementwise_affine=False`).
+    pub fn plain(eps: f64) -> Self {
+        Self {
+            weight: None,
+            bias: None,
+            eps,
+        }
+    }
+
+    /// Loads `{prefix}.weight` and `{prefix}.bias`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        Ok(Self {
+            weight: Some(src.tensor(&join(prefix, "weight"), [dim], dtype)?),
+            bias: Some(src.tensor(&join(prefix, "bias"), [dim], dtype)?),
+            eps,
+        })
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        B::layer_norm_fp32(x, self.weight.clone(), self.bias.clone(), self.eps)
+    }
+}
+
+/// RMS normalisation with a learned scale (the q/k norms of the transformer).
+#[derive(Debug, Clone)]
+pub struct RmsNorm<B: FramePackBackend> {
+    weight: Tensor<B, 1>,
+    eps: f64,
+}
+
+impl<B: FramePackBackend> RmsNorm<B> {
+    /// Loads `{prefix}.weight` of size `dim`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        Ok(Self {
+            weight: src.tensor(&join(prefix, "weight"), [dim], dtype)?,
+            eps,
+        })
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        B::rms_norm(x, self.weight.clone(), self.eps)
+    }
+}
+
+/// A Conv3d whose kernel equals its stride (a patch embedding), run as patchify + GEMM.
+///
+/// The stored `[out, in, kt, kh, kw]` kernel is viewed as `[out, in·kt·kh·kw]`: each patch,
+/// flattened with the channel slowest, is one row of the GEMM. This is exactly the
+/// convolution, and it sends the work through [`FramePackBackend::dense`].
+#[derive(Debug, Clone)]
+pub struct PatchEmbed<B: FramePackBackend> {
+    proj: Linear<B>,
+    kernel: [usize; 3],
+}
+
+impl<B: FramePackBackend> PatchEmbed<B> {
+    /// Loads the Conv3d `{prefix}.weight` `[out, in, kt, kh, kw]` and `{prefix}.bias`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 3],
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let [kt, kh, kw] = kernel;
+        let weight: Tensor<B, 5> = src.tensor(
+            &join(prefix, "weight"),
+            [out_channels, in_channels, kt, kh, kw],
+            dtype,
+        )?;
+        let bias = src.tensor(&join(prefix, "bias"), [out_channels], dtype)?;
+        Ok(Self {
+            proj: Linear {
+                weight: weight.reshape([out_channels, in_channels * kt * kh * kw]),
+                bias: Some(bias),
+            },
+            kernel,
+        })
+    }
+
+    /// Embeds `x` `[batch, channels, t, h, w]` (each a multiple of the kernel) into tokens
+    /// `[batch, t'·h'·w', out]`, flattened in `(t, y, x)` row-major order.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 3> {
+        let [b, c, t, h, w] = x.dims();
+        let [kt, kh, kw] = self.kernel;
+        let (nt, nh, nw) = (t / kt, h / kh, w / kw);
+        let patches = x
+            .reshape([b, c, nt, kt, nh, kh, nw, kw])
+            .permute([0, 2, 4, 6, 1, 3, 5, 7])
+            .reshape([b, nt * nh * nw, c * kt * kh * kw]);
+        self.proj.forward(patches)
+    }
+
+    /// The patch kernel (= stride) `(t, h, w)`.
+    pub fn kernel(&self) -> [usize; 3] {
+        self.kernel
+    }
+}

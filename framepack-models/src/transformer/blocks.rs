@@ -1,0 +1,291 @@
+//! The double-stream (image and text apart) and single-stream (joint) transformer blocks.
+
+use burn::tensor::{Bool, DType, Tensor};
+
+use crate::nn::{LayerNorm, Linear, RmsNorm};
+use crate::ops::FramePackBackend;
+use crate::weights::{join, TensorSource, WeightError};
+
+const EPS: f64 = 1e-6;
+
+/// Per-token rotary tables of the image stream, `[tokens, head_dim]` fp32 tensors.
+#[derive(Debug, Clone)]
+pub struct Rotary<B: FramePackBackend> {
+    /// `cos` values.
+    pub cos: Tensor<B, 2>,
+    /// `sin` values.
+    pub sin: Tensor<B, 2>,
+}
+
+/// Splits `[batch, seq, heads·dim]` into `[batch, seq, heads, dim]`.
+fn split_heads<B: FramePackBackend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, s, d] = x.dims();
+    x.reshape([b, s, heads, d / heads])
+}
+
+/// Merges `[batch, seq, heads, dim]` back into `[batch, seq, heads·dim]`.
+fn merge_heads<B: FramePackBackend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, s, h, d] = x.dims();
+    x.reshape([b, s, h * d])
+}
+
+/// Chunk `i` of `n` equal chunks of a modulation vector `[batch, n·dim]`, as `[batch, 1, dim]`.
+fn chunk<B: FramePackBackend>(m: &Tensor<B, 2>, i: usize, n: usize) -> Tensor<B, 3> {
+    let d = m.dims()[1] / n;
+    m.clone().narrow(1, i * d, d).unsqueeze_dim(1)
+}
+
+/// A feed-forward network `Linear → GELU(tanh) → Linear` (`ff.net.0.proj`, `ff.net.2`).
+#[derive(Debug, Clone)]
+struct GeluFeedForward<B: FramePackBackend> {
+    proj_in: Linear<B>,
+    proj_out: Linear<B>,
+}
+
+impl<B: FramePackBackend> GeluFeedForward<B> {
+    fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        hidden: usize,
+        mlp: usize,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        Ok(Self {
+            proj_in: Linear::load(src, &join(prefix, "net.0.proj"), hidden, mlp, true, dtype)?,
+            proj_out: Linear::load(src, &join(prefix, "net.2"), mlp, hidden, true, dtype)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.proj_out.forward(B::gelu_tanh(self.proj_in.forward(x)))
+    }
+}
+
+/// Double-stream block (`transformer_blocks.{i}`): image and text keep their own weights and
+/// meet only in a joint attention.
+#[derive(Debug, Clone)]
+pub struct DoubleStreamBlock<B: FramePackBackend> {
+    norm1: Linear<B>,
+    norm1_context: Linear<B>,
+    to_q: Linear<B>,
+    to_k: Linear<B>,
+    to_v: Linear<B>,
+    add_q_proj: Linear<B>,
+    add_k_proj: Linear<B>,
+    add_v_proj: Linear<B>,
+    norm_q: RmsNorm<B>,
+    norm_k: RmsNorm<B>,
+    norm_added_q: RmsNorm<B>,
+    norm_added_k: RmsNorm<B>,
+    to_out: Linear<B>,
+    to_add_out: Linear<B>,
+    ff: GeluFeedForward<B>,
+    ff_context: GeluFeedForward<B>,
+    norm: LayerNorm<B>,
+    heads: usize,
+}
+
+impl<B: FramePackBackend> DoubleStreamBlock<B> {
+    /// Loads the 32 tensors of `{prefix}`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        heads: usize,
+        head_dim: usize,
+        mlp: usize,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let hidden = heads * head_dim;
+        let p = |name: &str| join(prefix, name);
+        let lin = |src: &mut S, name: &str, i: usize, o: usize| {
+            Linear::load(src, &p(name), i, o, true, dtype)
+        };
+        Ok(Self {
+            norm1: lin(src, "norm1.linear", hidden, 6 * hidden)?,
+            norm1_context: lin(src, "norm1_context.linear", hidden, 6 * hidden)?,
+            to_q: lin(src, "attn.to_q", hidden, hidden)?,
+            to_k: lin(src, "attn.to_k", hidden, hidden)?,
+            to_v: lin(src, "attn.to_v", hidden, hidden)?,
+            add_q_proj: lin(src, "attn.add_q_proj", hidden, hidden)?,
+            add_k_proj: lin(src, "attn.add_k_proj", hidden, hidden)?,
+            add_v_proj: lin(src, "attn.add_v_proj", hidden, hidden)?,
+            norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
+            norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
+            norm_added_q: RmsNorm::load(src, &p("attn.norm_added_q"), head_dim, EPS, dtype)?,
+            norm_added_k: RmsNorm::load(src, &p("attn.norm_added_k"), head_dim, EPS, dtype)?,
+            to_out: lin(src, "attn.to_out.0", hidden, hidden)?,
+            to_add_out: lin(src, "attn.to_add_out", hidden, hidden)?,
+            ff: GeluFeedForward::load(src, &p("ff"), hidden, mlp, dtype)?,
+            ff_context: GeluFeedForward::load(src, &p("ff_context"), hidden, mlp, dtype)?,
+            norm: LayerNorm::plain(EPS),
+            heads,
+        })
+    }
+
+    /// The image stream's modulated input `LN(x)·(1+scale_msa)+shift_msa`: the signal
+    /// TeaCache compares between steps.
+    pub fn modulated_input(&self, x: Tensor<B, 3>, temb_silu: Tensor<B, 2>) -> Tensor<B, 3> {
+        let m = self.norm1.forward(temb_silu);
+        B::modulate(self.norm.forward(x), chunk(&m, 0, 6), chunk(&m, 1, 6))
+    }
+
+    /// Runs the block on image tokens `x` and text tokens `c`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        c: Tensor<B, 3>,
+        temb_silu: Tensor<B, 2>,
+        rotary: &Rotary<B>,
+        masked_keys: Option<Tensor<B, 2, Bool>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let n_img = x.dims()[1];
+        let hidden = x.dims()[2];
+        // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
+        let m = self.norm1.forward(temb_silu.clone());
+        let mc = self.norm1_context.forward(temb_silu);
+
+        let xh = B::modulate(
+            self.norm.forward(x.clone()),
+            chunk(&m, 0, 6),
+            chunk(&m, 1, 6),
+        );
+        let ch = B::modulate(
+            self.norm.forward(c.clone()),
+            chunk(&mc, 0, 6),
+            chunk(&mc, 1, 6),
+        );
+
+        let rope = |t: Tensor<B, 4>| B::rope(t, rotary.cos.clone(), rotary.sin.clone());
+        let q = rope(
+            self.norm_q
+                .forward(split_heads(self.to_q.forward(xh.clone()), self.heads)),
+        );
+        let k = rope(
+            self.norm_k
+                .forward(split_heads(self.to_k.forward(xh.clone()), self.heads)),
+        );
+        let v = split_heads(self.to_v.forward(xh), self.heads);
+        let qc = self
+            .norm_added_q
+            .forward(split_heads(self.add_q_proj.forward(ch.clone()), self.heads));
+        let kc = self
+            .norm_added_k
+            .forward(split_heads(self.add_k_proj.forward(ch.clone()), self.heads));
+        let vc = split_heads(self.add_v_proj.forward(ch), self.heads);
+
+        let out = B::attend(
+            Tensor::cat(vec![q, qc], 1),
+            Tensor::cat(vec![k, kc], 1),
+            Tensor::cat(vec![v, vc], 1),
+            masked_keys,
+        );
+        let out = merge_heads(out);
+        let n_txt = out.dims()[1] - n_img;
+        let attn_x = self.to_out.forward(out.clone().narrow(1, 0, n_img));
+        let attn_c = self.to_add_out.forward(out.narrow(1, n_img, n_txt));
+
+        let x = B::gated_residual(x, chunk(&m, 2, 6), attn_x);
+        let c = B::gated_residual(c, chunk(&mc, 2, 6), attn_c);
+
+        let xh = B::modulate(
+            self.norm.forward(x.clone()),
+            chunk(&m, 3, 6),
+            chunk(&m, 4, 6),
+        );
+        let ch = B::modulate(
+            self.norm.forward(c.clone()),
+            chunk(&mc, 3, 6),
+            chunk(&mc, 4, 6),
+        );
+        let x = B::gated_residual(x, chunk(&m, 5, 6), self.ff.forward(xh));
+        let c = B::gated_residual(c, chunk(&mc, 5, 6), self.ff_context.forward(ch));
+        debug_assert_eq!(x.dims()[2], hidden);
+        (x, c)
+    }
+}
+
+/// Single-stream block (`single_transformer_blocks.{j}`): image and text tokens concatenated,
+/// attention and MLP side by side, one output projection (no separate attention output).
+#[derive(Debug, Clone)]
+pub struct SingleStreamBlock<B: FramePackBackend> {
+    norm: Linear<B>,
+    to_q: Linear<B>,
+    to_k: Linear<B>,
+    to_v: Linear<B>,
+    norm_q: RmsNorm<B>,
+    norm_k: RmsNorm<B>,
+    proj_mlp: Linear<B>,
+    proj_out: Linear<B>,
+    layer_norm: LayerNorm<B>,
+    heads: usize,
+}
+
+impl<B: FramePackBackend> SingleStreamBlock<B> {
+    /// Loads the 14 tensors of `{prefix}`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        heads: usize,
+        head_dim: usize,
+        mlp: usize,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let hidden = heads * head_dim;
+        let p = |name: &str| join(prefix, name);
+        Ok(Self {
+            norm: Linear::load(src, &p("norm.linear"), hidden, 3 * hidden, true, dtype)?,
+            to_q: Linear::load(src, &p("attn.to_q"), hidden, hidden, true, dtype)?,
+            to_k: Linear::load(src, &p("attn.to_k"), hidden, hidden, true, dtype)?,
+            to_v: Linear::load(src, &p("attn.to_v"), hidden, hidden, true, dtype)?,
+            norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
+            norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
+            proj_mlp: Linear::load(src, &p("proj_mlp"), hidden, mlp, true, dtype)?,
+            proj_out: Linear::load(src, &p("proj_out"), hidden + mlp, hidden, true, dtype)?,
+            layer_norm: LayerNorm::plain(EPS),
+            heads,
+        })
+    }
+
+    /// Runs the block on the joint sequence `z = [image; text]`; RoPE applies to the first
+    /// `n_img` tokens only.
+    pub fn forward(
+        &self,
+        z: Tensor<B, 3>,
+        n_img: usize,
+        temb_silu: Tensor<B, 2>,
+        rotary: &Rotary<B>,
+        masked_keys: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        let n = z.dims()[1];
+        // shift, scale, gate
+        let m = self.norm.forward(temb_silu);
+        let zh = B::modulate(
+            self.layer_norm.forward(z.clone()),
+            chunk(&m, 0, 3),
+            chunk(&m, 1, 3),
+        );
+        let mlp = B::gelu_tanh(self.proj_mlp.forward(zh.clone()));
+
+        let rope_image = |t: Tensor<B, 4>| {
+            let image = B::rope(
+                t.clone().narrow(1, 0, n_img),
+                rotary.cos.clone(),
+                rotary.sin.clone(),
+            );
+            Tensor::cat(vec![image, t.narrow(1, n_img, n - n_img)], 1)
+        };
+        let q = rope_image(
+            self.norm_q
+                .forward(split_heads(self.to_q.forward(zh.clone()), self.heads)),
+        );
+        let k = rope_image(
+            self.norm_k
+                .forward(split_heads(self.to_k.forward(zh.clone()), self.heads)),
+        );
+        let v = split_heads(self.to_v.forward(zh), self.heads);
+        let attn = merge_heads(B::attend(q, k, v, masked_keys));
+
+        let out = self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2));
+        B::gated_residual(z, chunk(&m, 2, 3), out)
+    }
+}

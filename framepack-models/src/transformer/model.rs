@@ -1,0 +1,449 @@
+//! The full transformer: loading, input packing, the block stack and the output head.
+
+use std::sync::Mutex;
+
+use burn::tensor::{Bool, DType, Tensor, TensorData};
+
+use super::blocks::{DoubleStreamBlock, Rotary, SingleStreamBlock};
+use super::config::TransformerConfig;
+use super::embeddings::{
+    pad_to_multiple, CleanLatentEmbedder, ConditionEmbedding, ImageProjection,
+};
+use super::inputs::TransformerInputs;
+use super::refiner::TokenRefiner;
+use super::rope::{Rope3d, RopeTable};
+use crate::error::ModelError;
+use crate::nn::{Linear, PatchEmbed};
+use crate::ops::FramePackBackend;
+use crate::weights::{TensorSource, WeightError};
+
+/// `[batch, keys]`, true where a key is padding.
+type KeyMask<B> = Tensor<B, 2, Bool>;
+
+/// The packed transformer with its weights.
+pub struct FramePackTransformer<B: FramePackBackend> {
+    config: TransformerConfig,
+    dtype: DType,
+    x_embedder: PatchEmbed<B>,
+    clean_x_embedder: CleanLatentEmbedder<B>,
+    context_embedder: TokenRefiner<B>,
+    time_text_embed: ConditionEmbedding<B>,
+    image_projection: ImageProjection<B>,
+    transformer_blocks: Vec<DoubleStreamBlock<B>>,
+    single_transformer_blocks: Vec<SingleStreamBlock<B>>,
+    norm_out: Linear<B>,
+    proj_out: Linear<B>,
+    rope: Rope3d,
+    rope_cache: Mutex<Option<(RopeKey, Rotary<B>)>>,
+}
+
+/// What the RoPE tables of a call depend on.
+#[derive(Debug, Clone, PartialEq)]
+struct RopeKey {
+    groups: Vec<(usize, Vec<f32>)>,
+    height: usize,
+    width: usize,
+}
+
+/// A call's inputs after packing: the image stream, the text stream and everything the blocks
+/// share. Splitting the forward here lets a step cache (TeaCache) look at the first block's
+/// input and skip the block stack.
+#[derive(Debug, Clone)]
+pub struct PreparedInputs<B: FramePackBackend> {
+    /// Image-stream tokens `[batch, n_img, hidden]`, ordered `[4x | 2x | clean | noisy]`.
+    pub image: Tensor<B, 3>,
+    /// Text-stream tokens `[batch, n_txt, hidden]`: projected SigLIP tokens, then refined text.
+    pub context: Tensor<B, 3>,
+    /// `SiLU(temb)` `[batch, hidden]`, the input of every modulation.
+    pub temb_silu: Tensor<B, 2>,
+    /// RoPE tables of the image stream.
+    pub rotary: Rotary<B>,
+    /// Padded text keys (batches of unequal prompt lengths only).
+    pub masked_keys: Option<Tensor<B, 2, Bool>>,
+    /// `(batch, frames, height, width)` of the noisy window on the post-patch grid.
+    pub grid: [usize; 4],
+}
+
+impl<B: FramePackBackend> FramePackTransformer<B> {
+    /// Builds the model from `src`, computing in `dtype` (`proj_out` is kept in fp32, as the
+    /// reference's `high_quality_fp32_output_for_inference`).
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        config: TransformerConfig,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        config
+            .validate()
+            .map_err(|reason| ModelError::input("config", reason))?;
+        let c = &config;
+        let hidden = c.hidden_size();
+        let mlp = c.mlp_dim();
+        let heads = c.num_attention_heads;
+        let head_dim = c.attention_head_dim;
+        let load = |src: &mut S| -> Result<Self, WeightError> {
+            Ok(Self {
+                x_embedder: PatchEmbed::load(
+                    src,
+                    "x_embedder.proj",
+                    c.in_channels,
+                    hidden,
+                    [c.patch_size_t, c.patch_size, c.patch_size],
+                    dtype,
+                )?,
+                clean_x_embedder: CleanLatentEmbedder::load(
+                    src,
+                    "clean_x_embedder",
+                    c.in_channels,
+                    hidden,
+                    dtype,
+                )?,
+                context_embedder: TokenRefiner::load(
+                    src,
+                    "context_embedder",
+                    c.text_embed_dim,
+                    heads,
+                    hidden,
+                    mlp,
+                    c.num_refiner_layers,
+                    dtype,
+                )?,
+                time_text_embed: ConditionEmbedding::load(
+                    src,
+                    "time_text_embed",
+                    hidden,
+                    c.pooled_projection_dim,
+                    c.guidance_embeds,
+                    dtype,
+                )?,
+                image_projection: ImageProjection::load(
+                    src,
+                    "image_projection",
+                    c.image_proj_dim,
+                    hidden,
+                    dtype,
+                )?,
+                transformer_blocks: (0..c.num_layers)
+                    .map(|i| {
+                        DoubleStreamBlock::load(
+                            src,
+                            &format!("transformer_blocks.{i}"),
+                            heads,
+                            head_dim,
+                            mlp,
+                            dtype,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                single_transformer_blocks: (0..c.num_single_layers)
+                    .map(|i| {
+                        SingleStreamBlock::load(
+                            src,
+                            &format!("single_transformer_blocks.{i}"),
+                            heads,
+                            head_dim,
+                            mlp,
+                            dtype,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                norm_out: Linear::load(src, "norm_out.linear", hidden, 2 * hidden, true, dtype)?,
+                proj_out: Linear::load(
+                    src,
+                    "proj_out",
+                    hidden,
+                    c.patch_size_t * c.patch_size * c.patch_size * c.out_channels,
+                    true,
+                    DType::F32,
+                )?,
+                rope: Rope3d {
+                    axes: c.rope_axes_dim,
+                    theta: c.rope_theta as f32,
+                },
+                rope_cache: Mutex::new(None),
+                config: c.clone(),
+                dtype,
+            })
+        };
+        Ok(load(src)?)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// One forward call: the flow velocity `[batch, 16, frames, h, w]` in fp32.
+    pub fn forward(&self, inputs: &TransformerInputs<B>) -> Result<Tensor<B, 5>, ModelError> {
+        let prepared = self.prepare(inputs)?;
+        let image = self.run_blocks(&prepared);
+        Ok(self.project_out(&prepared, image))
+    }
+
+    /// Packs the inputs into the image and text streams (steps 1-3 of the forward).
+    pub fn prepare(&self, inputs: &TransformerInputs<B>) -> Result<PreparedInputs<B>, ModelError> {
+        let c = &self.config;
+        let [batch, channels, frames, height, width] = inputs.latents.dims();
+        let (p, pt) = (c.patch_size, c.patch_size_t);
+        check(channels == c.in_channels, "latents", || {
+            format!("{channels} channels, the model takes {}", c.in_channels)
+        })?;
+        check(
+            frames % pt == 0 && height % p == 0 && width % p == 0,
+            "latents",
+            || {
+                format!("size {frames}x{height}x{width} is not a multiple of the patch ({pt}, {p}, {p})")
+            },
+        )?;
+        let (grid_t, grid_h, grid_w) = (frames / pt, height / p, width / p);
+        check(
+            inputs.latent_indices.len() == grid_t,
+            "latent_indices",
+            || {
+                format!(
+                    "{} indices for {grid_t} frames",
+                    inputs.latent_indices.len()
+                )
+            },
+        )?;
+        check(inputs.timestep.len() == batch, "timestep", || {
+            format!("{} values for batch {batch}", inputs.timestep.len())
+        })?;
+        check(
+            !c.guidance_embeds || inputs.guidance.len() == batch,
+            "guidance",
+            || format!("{} values for batch {batch}", inputs.guidance.len()),
+        )?;
+
+        // 1. Image stream [4x | 2x | clean | noisy] and its RoPE tables.
+        let mut tokens = vec![self
+            .x_embedder
+            .forward(inputs.latents.clone().cast(self.dtype))];
+        let mut rope_groups = vec![(1, inputs.latent_indices.clone())];
+        let groups = [
+            (&inputs.clean, &self.clean_x_embedder.proj, 1, "clean"),
+            (
+                &inputs.clean_2x,
+                &self.clean_x_embedder.proj_2x,
+                2,
+                "clean_2x",
+            ),
+            (
+                &inputs.clean_4x,
+                &self.clean_x_embedder.proj_4x,
+                4,
+                "clean_4x",
+            ),
+        ];
+        for (group, embed, k, name) in groups {
+            let Some(group) = group else { continue };
+            let [gb, gc, gt, gh, gw] = group.latents.dims();
+            check(
+                gb == batch && gc == channels && gh == height && gw == width,
+                name,
+                || {
+                    format!(
+                        "shape {:?} does not match the latents {:?}",
+                        group.latents.dims(),
+                        inputs.latents.dims()
+                    )
+                },
+            )?;
+            check(group.indices.len() == gt, name, || {
+                format!("{} indices for {gt} frames", group.indices.len())
+            })?;
+            let latents = pad_to_multiple(group.latents.clone().cast(self.dtype), embed.kernel());
+            tokens.insert(0, embed.forward(latents));
+            rope_groups.insert(0, (k, group.indices.clone()));
+        }
+        let image = Tensor::cat(tokens, 1);
+        let rotary = self.rotary(rope_groups, grid_h, grid_w, &inputs.latents.device());
+
+        // 2. temb.
+        let pooled = inputs.pooled_text.clone().cast(self.dtype);
+        let temb = self
+            .time_text_embed
+            .forward(&inputs.timestep, &inputs.guidance, pooled);
+        let temb_silu = B::silu(temb);
+
+        // 3. Text stream: [SigLIP projection | refined valid text], padded to the longest prompt.
+        let (context, masked_keys) = self.context(inputs, image.dims()[1])?;
+
+        Ok(PreparedInputs {
+            image,
+            context,
+            temb_silu,
+            rotary,
+            masked_keys,
+            grid: [batch, grid_t, grid_h, grid_w],
+        })
+    }
+
+    fn context(
+        &self,
+        inputs: &TransformerInputs<B>,
+        n_img: usize,
+    ) -> Result<(Tensor<B, 3>, Option<KeyMask<B>>), ModelError> {
+        let [batch, max_len, text_dim] = inputs.text.dims();
+        check(text_dim == self.config.text_embed_dim, "text", || {
+            format!(
+                "feature width {text_dim}, the model takes {}",
+                self.config.text_embed_dim
+            )
+        })?;
+        check(inputs.text_lengths.len() == batch, "text_lengths", || {
+            format!("{} lengths for batch {batch}", inputs.text_lengths.len())
+        })?;
+        check(
+            inputs.text_lengths.iter().all(|&l| l >= 1 && l <= max_len),
+            "text_lengths",
+            || format!("{:?} must lie in 1..={max_len}", inputs.text_lengths),
+        )?;
+        let image_tokens = self
+            .image_projection
+            .forward(inputs.image_embeddings.clone().cast(self.dtype));
+        let longest = inputs.text_lengths.iter().copied().max().unwrap_or(1);
+        let hidden = self.config.hidden_size();
+        let device = inputs.text.device();
+        let mut samples = Vec::with_capacity(batch);
+        for (b, &len) in inputs.text_lengths.iter().enumerate() {
+            let text = inputs
+                .text
+                .clone()
+                .narrow(0, b, 1)
+                .narrow(1, 0, len)
+                .cast(self.dtype);
+            let mut refined = self.context_embedder.forward(text, inputs.timestep[b]);
+            if len < longest {
+                let pad = Tensor::zeros([1, longest - len, hidden], (&device, self.dtype));
+                refined = Tensor::cat(vec![refined, pad], 1);
+            }
+            samples.push(refined);
+        }
+        let text = Tensor::cat(samples, 0);
+        let context = Tensor::cat(vec![image_tokens, text], 1);
+        let n_ctx = context.dims()[1];
+        let masked_keys = (inputs.text_lengths.iter().any(|&l| l != longest)).then(|| {
+            let mut mask = vec![false; batch * (n_img + n_ctx)];
+            for (b, &len) in inputs.text_lengths.iter().enumerate() {
+                let row = &mut mask[b * (n_img + n_ctx)..(b + 1) * (n_img + n_ctx)];
+                row[n_img + n_ctx - (longest - len)..].fill(true);
+            }
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [batch, n_img + n_ctx]), &device)
+        });
+        Ok((context, masked_keys))
+    }
+
+    fn rotary(
+        &self,
+        groups: Vec<(usize, Vec<f32>)>,
+        height: usize,
+        width: usize,
+        device: &B::Device,
+    ) -> Rotary<B> {
+        let key = RopeKey {
+            groups,
+            height,
+            width,
+        };
+        if let Ok(cache) = self.rope_cache.lock() {
+            if let Some((cached, rotary)) = cache.as_ref() {
+                if *cached == key {
+                    return rotary.clone();
+                }
+            }
+        }
+        let tables: Vec<RopeTable> = key
+            .groups
+            .iter()
+            .map(|(k, frames)| match k {
+                1 => self.rope.table(frames, height, width),
+                k => self.rope.pooled_table(frames, height, width, *k),
+            })
+            .collect();
+        let table = RopeTable::concat(&tables);
+        let shape = [table.tokens, table.head_dim];
+        let rotary = Rotary {
+            cos: Tensor::from_data(TensorData::new(table.cos, shape), (device, DType::F32)),
+            sin: Tensor::from_data(TensorData::new(table.sin, shape), (device, DType::F32)),
+        };
+        if let Ok(mut cache) = self.rope_cache.lock() {
+            *cache = Some((key, rotary.clone()));
+        }
+        rotary
+    }
+
+    /// The first double block's modulated image input, the signal TeaCache measures.
+    pub fn teacache_signal(&self, prepared: &PreparedInputs<B>) -> Tensor<B, 3> {
+        match self.transformer_blocks.first() {
+            Some(block) => {
+                block.modulated_input(prepared.image.clone(), prepared.temb_silu.clone())
+            }
+            None => prepared.image.clone(),
+        }
+    }
+
+    /// Runs all double- and single-stream blocks; returns the image stream.
+    pub fn run_blocks(&self, prepared: &PreparedInputs<B>) -> Tensor<B, 3> {
+        let mut x = prepared.image.clone();
+        let mut c = prepared.context.clone();
+        let temb = &prepared.temb_silu;
+        for block in &self.transformer_blocks {
+            (x, c) = block.forward(
+                x,
+                c,
+                temb.clone(),
+                &prepared.rotary,
+                prepared.masked_keys.clone(),
+            );
+        }
+        let n_img = x.dims()[1];
+        let mut z = Tensor::cat(vec![x, c], 1);
+        for block in &self.single_transformer_blocks {
+            z = block.forward(
+                z,
+                n_img,
+                temb.clone(),
+                &prepared.rotary,
+                prepared.masked_keys.clone(),
+            );
+        }
+        z.narrow(1, 0, n_img)
+    }
+
+    /// Final AdaLN, fp32 projection and unpatchify of the noisy tokens (step 5).
+    pub fn project_out(&self, prepared: &PreparedInputs<B>, image: Tensor<B, 3>) -> Tensor<B, 5> {
+        let [batch, t, h, w] = prepared.grid;
+        let n_noisy = t * h * w;
+        let n_img = image.dims()[1];
+        let hidden = self.config.hidden_size();
+        let x = image.narrow(1, n_img - n_noisy, n_noisy);
+        // scale first, then shift (unlike the blocks).
+        let m = self.norm_out.forward(prepared.temb_silu.clone());
+        let scale = m.clone().narrow(1, 0, hidden).unsqueeze_dim(1);
+        let shift = m.narrow(1, hidden, hidden).unsqueeze_dim(1);
+        let x = B::modulate(B::layer_norm_fp32(x, None, None, 1e-6), shift, scale);
+        let x = self.proj_out.forward(x.cast(DType::F32));
+        let c = &self.config;
+        let (p, pt, ch) = (c.patch_size, c.patch_size_t, c.out_channels);
+        x.reshape([batch, t, h, w, ch, pt, p, p])
+            .permute([0, 4, 1, 5, 2, 6, 3, 7])
+            .reshape([batch, ch, t * pt, h * p, w * p])
+    }
+}
+
+fn check(
+    ok: bool,
+    argument: &'static str,
+    reason: impl FnOnce() -> String,
+) -> Result<(), ModelError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::input(argument, reason()))
+    }
+}

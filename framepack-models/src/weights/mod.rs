@@ -1,0 +1,46 @@
+//! Where model parameters come from.
+//!
+//! Every network is built by asking a [`TensorSource`] for its parameters by their original
+//! Hugging Face key names and shapes. The same construction code therefore serves three
+//! purposes: loading a published checkpoint ([`SafetensorsSource`]), building a random-weight
+//! model of any size for demos and benchmarks ([`RandomSource`]), and listing what a
+//! full-size model expects without allocating it ([`ManifestRecorder`]).
+
+mod error;
+pub mod hub;
+mod manifest;
+mod random;
+mod safetensors;
+
+pub use error::WeightError;
+pub use manifest::{ManifestEntry, ManifestRecorder};
+pub use random::RandomSource;
+pub use safetensors::{CheckpointFiles, SafetensorsSource, TensorMeta};
+
+use burn::tensor::{backend::Backend, DType, Tensor};
+
+/// A provider of named parameters.
+///
+/// `key` is the checkpoint's own name (e.g. `transformer_blocks.0.attn.to_q.weight`), `shape`
+/// the shape the model needs, `dtype` the dtype the model computes in for this parameter.
+pub trait TensorSource<B: Backend> {
+    /// Returns the tensor stored under `key`, checked against `shape` and converted to `dtype`.
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        dtype: DType,
+    ) -> Result<Tensor<B, D>, WeightError>;
+
+    /// The device the tensors are created on.
+    fn device(&self) -> &B::Device;
+}
+
+/// Joins a module prefix and a parameter name with a dot, skipping an empty prefix.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}

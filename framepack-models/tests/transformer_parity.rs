@@ -1,0 +1,147 @@
+//! The transformer against diffusers' reference on a tiny random-weight model.
+//!
+//! Fixtures come from `tools/reference/transformer_fixture.py`: the same weights, inputs with
+//! every context group (2x/4x with replicate padding in t, y and x) and padded text, and the
+//! reference outputs for batch 1 (text cropped) and batch 2 (unequal text lengths, key mask).
+
+use burn::tensor::{DType, Tensor};
+use framepack_models::transformer::{
+    ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+};
+use framepack_models::weights::{CheckpointFiles, SafetensorsSource};
+use framepack_models::CpuBackend as B;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+
+fn relative_l2(a: Tensor<B, 5>, b: Tensor<B, 5>) -> f64 {
+    let diff = (a - b.clone()).powi_scalar(2).sum().into_scalar() as f64;
+    let norm = b.powi_scalar(2).sum().into_scalar() as f64;
+    (diff / norm).sqrt()
+}
+
+fn vec1(io: &CheckpointFiles, key: &str) -> Vec<f32> {
+    let t: Tensor<B, 1> = io
+        .read_stored(key, DType::F32, &Default::default())
+        .unwrap();
+    t.into_data().to_vec().unwrap()
+}
+
+fn inputs(io: &CheckpointFiles, batch: usize) -> TransformerInputs<B> {
+    let dev = Default::default();
+    let t5 = |k: &str| -> Tensor<B, 5> {
+        io.read_stored::<B, 5>(k, DType::F32, &dev)
+            .unwrap()
+            .narrow(0, 0, batch)
+    };
+    let t3 = |k: &str| -> Tensor<B, 3> {
+        io.read_stored::<B, 3>(k, DType::F32, &dev)
+            .unwrap()
+            .narrow(0, 0, batch)
+    };
+    let t2 = |k: &str| -> Tensor<B, 2> {
+        io.read_stored::<B, 2>(k, DType::F32, &dev)
+            .unwrap()
+            .narrow(0, 0, batch)
+    };
+    TransformerInputs {
+        latents: t5("latents"),
+        latent_indices: vec1(io, "latent_indices"),
+        timestep: vec1(io, "timestep")[..batch].to_vec(),
+        guidance: vec1(io, "guidance")[..batch].to_vec(),
+        text: t3("text"),
+        text_lengths: vec1(io, "text_lengths")[..batch]
+            .iter()
+            .map(|&l| l as usize)
+            .collect(),
+        pooled_text: t2("pooled_text"),
+        image_embeddings: t3("image_embeddings"),
+        clean: Some(ContextGroup {
+            latents: t5("clean"),
+            indices: vec1(io, "clean_indices"),
+        }),
+        clean_2x: Some(ContextGroup {
+            latents: t5("clean_2x"),
+            indices: vec1(io, "clean_2x_indices"),
+        }),
+        clean_4x: Some(ContextGroup {
+            latents: t5("clean_4x"),
+            indices: vec1(io, "clean_4x_indices"),
+        }),
+    }
+}
+
+fn load(dtype: DType) -> FramePackTransformer<B> {
+    let mut src = SafetensorsSource::<B>::open(
+        format!("{FIXTURES}/transformer_tiny.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
+    let model = FramePackTransformer::load(&mut src, TransformerConfig::tiny(), dtype).unwrap();
+    // Every stored tensor is used: no key is silently dropped by a mis-mapping.
+    src.finish(|_| false).unwrap();
+    model
+}
+
+fn io() -> CheckpointFiles {
+    CheckpointFiles::open(format!("{FIXTURES}/transformer_tiny_io.safetensors")).unwrap()
+}
+
+#[test]
+fn fp32_batch_one_matches_reference() {
+    let io = io();
+    let model = load(DType::F32);
+    let out = model.forward(&inputs(&io, 1)).unwrap();
+    assert_eq!(out.dims(), [1, 16, 3, 12, 10]);
+    let expected: Tensor<B, 5> = io
+        .read_stored("output_b1", DType::F32, &Default::default())
+        .unwrap();
+    let err = relative_l2(out, expected);
+    println!("fp32 batch 1 relative L2 error: {err:.3e}");
+    assert!(err <= 1e-5, "relative L2 {err}");
+}
+
+#[test]
+fn fp32_batch_two_with_unequal_prompts_matches_reference() {
+    let io = io();
+    let model = load(DType::F32);
+    let out = model.forward(&inputs(&io, 2)).unwrap();
+    let expected: Tensor<B, 5> = io
+        .read_stored("output_b2", DType::F32, &Default::default())
+        .unwrap();
+    let err = relative_l2(out, expected);
+    println!("fp32 batch 2 relative L2 error: {err:.3e}");
+    assert!(err <= 1e-5, "relative L2 {err}");
+}
+
+#[test]
+fn bf16_matches_fp32_reference() {
+    let io = io();
+    let model = load(DType::BF16);
+    let out = model.forward(&inputs(&io, 1)).unwrap();
+    assert_eq!(
+        out.dtype(),
+        DType::F32,
+        "the velocity comes out of the fp32 proj_out"
+    );
+    let expected: Tensor<B, 5> = io
+        .read_stored("output_b1", DType::F32, &Default::default())
+        .unwrap();
+    let err = relative_l2(out, expected);
+    println!("bf16 relative L2 error vs fp32 reference: {err:.3e}");
+    assert!(err <= 2e-2, "relative L2 {err}");
+}
+
+#[test]
+fn mismatched_inputs_are_errors_naming_the_argument() {
+    let io = io();
+    let model = load(DType::F32);
+    let mut bad = inputs(&io, 1);
+    bad.latent_indices.pop();
+    let err = model.forward(&bad).unwrap_err().to_string();
+    assert!(err.contains("latent_indices"), "{err}");
+
+    let mut bad = inputs(&io, 1);
+    bad.text_lengths = vec![0];
+    let err = model.forward(&bad).unwrap_err().to_string();
+    assert!(err.contains("text_lengths"), "{err}");
+}

@@ -1,0 +1,1 @@
+//! FramePack sampling.
