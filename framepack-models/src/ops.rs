@@ -61,6 +61,39 @@ pub trait FramePackBackend: Backend {
         out.swap_dims(1, 2)
     }
 
+    /// Causal softmax attention (query `i` sees keys `0..=i`) with scale `1/sqrt(head_dim)` over
+    /// `[batch, seq, heads, head_dim]`, the attention of the text encoders (LLaMA, CLIP).
+    ///
+    /// `k` and `v` may have fewer heads than `q` (grouped-query attention, LLaMA-3's 32 query
+    /// heads over 8 key/value heads): query head `h` reads key/value head
+    /// `h / (heads / kv_heads)`. The default repeats the key/value heads; a kernel can read
+    /// them in place.
+    fn attend_causal(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        let [batch, _, heads, _] = q.dims();
+        let repeat = |x: Tensor<Self, 4>| {
+            let [_, seq, kv_heads, head_dim] = x.dims();
+            if kv_heads == heads {
+                return x;
+            }
+            let group = heads / kv_heads;
+            x.unsqueeze_dim::<5>(3)
+                .expand([batch, seq, kv_heads, group, head_dim])
+                .reshape([batch, seq, heads, head_dim])
+        };
+        let out = module::attention(
+            q.swap_dims(1, 2),
+            repeat(k).swap_dims(1, 2),
+            repeat(v).swap_dims(1, 2),
+            None,
+            None,
+            burn::tensor::ops::AttentionModuleOptions {
+                is_causal: true,
+                ..Default::default()
+            },
+        );
+        out.swap_dims(1, 2)
+    }
+
     /// Layer normalisation over the last dimension, statistics and affine in fp32, result in
     /// the input's dtype (PyTorch's `layer_norm` on bf16).
     fn layer_norm_fp32<const D: usize>(
@@ -149,6 +182,9 @@ pub trait FramePackBackend: Backend {
 
 #[cfg(feature = "cpu")]
 impl FramePackBackend for burn::backend::Flex {}
+
+#[cfg(feature = "ndarray")]
+impl FramePackBackend for burn::backend::NdArray {}
 
 #[cfg(feature = "cuda")]
 impl<F, I> FramePackBackend for burn::backend::Cuda<F, I> where burn::backend::Cuda<F, I>: Backend {}
