@@ -1,0 +1,347 @@
+//! The SigLIP so400m/14 @384 vision tower (`image_encoder` of `lllyasviel/flux_redux_bfl`,
+//! transformers' `SiglipVisionModel`), for its `last_hidden_state`.
+//!
+//! Patch embedding (Conv2d 3→1152, kernel = stride = 14, no padding: 27×27 = 729 patches, the
+//! last 6 pixel rows and columns of the 384×384 input are never read) plus a learned position
+//! embedding; 27 pre-LN layers with bidirectional attention and tanh-GELU MLPs;
+//! `post_layernorm`. The attention-pooling head is not used by FramePack and is not loaded.
+
+use std::path::Path;
+
+use burn::tensor::{DType, Tensor};
+use serde::Deserialize;
+
+use super::preprocess::SiglipImageProcessor;
+use crate::error::ModelError;
+use crate::nn::{LayerNorm, Linear};
+use crate::ops::FramePackBackend;
+use crate::weights::{join, CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
+
+/// Hyper-parameters of `SiglipVisionModel`, as in the checkpoint's `config.json`; the
+/// defaults are those of `google/siglip-so400m-patch14-384`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SiglipVisionConfig {
+    /// Model width (1152).
+    pub hidden_size: usize,
+    /// MLP width (4304).
+    pub intermediate_size: usize,
+    /// Encoder layers (27).
+    pub num_hidden_layers: usize,
+    /// Attention heads (16 × 72).
+    pub num_attention_heads: usize,
+    /// Input channels (3).
+    pub num_channels: usize,
+    /// Input side (384).
+    pub image_size: usize,
+    /// Patch side = stride (14).
+    pub patch_size: usize,
+    /// LayerNorm epsilon (1e-6).
+    pub layer_norm_eps: f64,
+    /// MLP activation; only `gelu_pytorch_tanh`.
+    pub hidden_act: String,
+}
+
+impl Default for SiglipVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_hidden_layers: 27,
+            num_attention_heads: 16,
+            num_channels: 3,
+            image_size: 384,
+            patch_size: 14,
+            layer_norm_eps: 1e-6,
+            hidden_act: "gelu_pytorch_tanh".into(),
+        }
+    }
+}
+
+impl SiglipVisionConfig {
+    /// The published image encoder of FramePack.
+    pub fn so400m_patch14_384() -> Self {
+        Self::default()
+    }
+
+    /// A small configuration of the same architecture for CPU tests, at the real input size
+    /// (384, patch 14: 729 tokens, 6 pixels ignored): 2 layers, 2 heads × 16, width 32.
+    pub fn tiny() -> Self {
+        Self {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            ..Self::default()
+        }
+    }
+
+    /// Reads and validates a `config.json` (a `SiglipVisionConfig`, or a full `SiglipConfig`
+    /// whose `vision_config` is used).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WeightError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| WeightError::io(path, e))?;
+        let bad = |reason: String| WeightError::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if let Some(inner) = json.get_mut("vision_config") {
+            json = inner.take();
+        }
+        let config: Self = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    /// Checks the invariants the implementation relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let heads = self.num_attention_heads;
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {heads}",
+                self.hidden_size
+            ));
+        }
+        if self.patch_size == 0 || self.image_size < self.patch_size {
+            return Err(format!(
+                "patch_size {} does not fit image_size {}",
+                self.patch_size, self.image_size
+            ));
+        }
+        if self.hidden_act != "gelu_pytorch_tanh" {
+            return Err(format!(
+                "hidden_act `{}` is not supported (only gelu_pytorch_tanh)",
+                self.hidden_act
+            ));
+        }
+        Ok(())
+    }
+
+    /// Patches per side (27).
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Output tokens (729).
+    pub fn num_patches(&self) -> usize {
+        self.patches_per_side() * self.patches_per_side()
+    }
+
+    /// Whether a checkpoint key is one the tower never reads: the attention-pooling head
+    /// (`…head.*`) and `position_ids` buffers.
+    pub fn is_unused_key(key: &str) -> bool {
+        key.starts_with("vision_model.head.")
+            || key.starts_with("head.")
+            || key.ends_with("position_ids")
+    }
+}
+
+/// One pre-LN encoder layer (`encoder.layers.{i}`) with bidirectional attention.
+#[derive(Debug, Clone)]
+struct SiglipEncoderLayer<B: FramePackBackend> {
+    layer_norm1: LayerNorm<B>,
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    out_proj: Linear<B>,
+    layer_norm2: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    heads: usize,
+}
+
+impl<B: FramePackBackend> SiglipEncoderLayer<B> {
+    fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        c: &SiglipVisionConfig,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let p = |name: &str| join(prefix, name);
+        let (d, mlp, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        Ok(Self {
+            layer_norm1: LayerNorm::load(src, &p("layer_norm1"), d, eps, dtype)?,
+            q_proj: Linear::load(src, &p("self_attn.q_proj"), d, d, true, dtype)?,
+            k_proj: Linear::load(src, &p("self_attn.k_proj"), d, d, true, dtype)?,
+            v_proj: Linear::load(src, &p("self_attn.v_proj"), d, d, true, dtype)?,
+            out_proj: Linear::load(src, &p("self_attn.out_proj"), d, d, true, dtype)?,
+            layer_norm2: LayerNorm::load(src, &p("layer_norm2"), d, eps, dtype)?,
+            fc1: Linear::load(src, &p("mlp.fc1"), d, mlp, true, dtype)?,
+            fc2: Linear::load(src, &p("mlp.fc2"), mlp, d, true, dtype)?,
+            heads: c.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, d / self.heads]);
+        let h = self.layer_norm1.forward(x.clone());
+        let attn = B::attend(
+            split(self.q_proj.forward(h.clone())),
+            split(self.k_proj.forward(h.clone())),
+            split(self.v_proj.forward(h)),
+            None,
+        );
+        let x = x + self.out_proj.forward(attn.reshape([b, s, d]));
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        x + self.fc2.forward(B::gelu_tanh(h))
+    }
+}
+
+/// The SigLIP vision tower without its pooling head.
+#[derive(Debug, Clone)]
+pub struct SiglipVisionEncoder<B: FramePackBackend> {
+    config: SiglipVisionConfig,
+    dtype: DType,
+    /// The Conv2d kernel `[hidden, channels, p, p]` viewed as `[hidden, channels·p·p]`.
+    patch_embedding: Linear<B>,
+    position_embedding: Tensor<B, 2>,
+    layers: Vec<SiglipEncoderLayer<B>>,
+    post_layernorm: LayerNorm<B>,
+}
+
+impl<B: FramePackBackend> SiglipVisionEncoder<B> {
+    /// Builds the tower from `src`, with keys `{root}.embeddings.…`, `{root}.encoder.…`,
+    /// `{root}.post_layernorm.…`; the published checkpoint uses `root = "vision_model"`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        root: &str,
+        config: SiglipVisionConfig,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        config
+            .validate()
+            .map_err(|reason| ModelError::input("config", reason))?;
+        let p = |name: &str| join(root, name);
+        let (d, c, k) = (config.hidden_size, config.num_channels, config.patch_size);
+        let load = |src: &mut S| -> Result<Self, WeightError> {
+            let kernel: Tensor<B, 4> =
+                src.tensor(&p("embeddings.patch_embedding.weight"), [d, c, k, k], dtype)?;
+            let bias = src.tensor(&p("embeddings.patch_embedding.bias"), [d], dtype)?;
+            Ok(Self {
+                patch_embedding: Linear {
+                    weight: kernel.reshape([d, c * k * k]),
+                    bias: Some(bias),
+                },
+                position_embedding: src.tensor(
+                    &p("embeddings.position_embedding.weight"),
+                    [config.num_patches(), d],
+                    dtype,
+                )?,
+                layers: (0..config.num_hidden_layers)
+                    .map(|i| {
+                        SiglipEncoderLayer::load(
+                            src,
+                            &p(&format!("encoder.layers.{i}")),
+                            &config,
+                            dtype,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                post_layernorm: LayerNorm::load(
+                    src,
+                    &p("post_layernorm"),
+                    d,
+                    config.layer_norm_eps,
+                    dtype,
+                )?,
+                config: config.clone(),
+                dtype,
+            })
+        };
+        Ok(load(src)?)
+    }
+
+    /// Loads the published folder (`config.json` + safetensors). Keys are expected under
+    /// `vision_model.` (transformers 4.x exports); files without that prefix (saved by
+    /// transformers ≥ 5) are accepted too. The pooling head, if stored, is skipped.
+    pub fn from_folder(
+        folder: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let folder = folder.as_ref();
+        let config = SiglipVisionConfig::from_file(folder.join("config.json"))?;
+        Self::from_checkpoint(CheckpointFiles::open(folder)?, config, device, dtype)
+    }
+
+    /// Loads from opened checkpoint files with a given config (see [`Self::from_folder`]).
+    pub fn from_checkpoint(
+        files: CheckpointFiles,
+        config: SiglipVisionConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let root = if files.contains("vision_model.post_layernorm.weight")
+            || !files.contains("post_layernorm.weight")
+        {
+            "vision_model"
+        } else {
+            ""
+        };
+        let mut src = SafetensorsSource::new(files, device);
+        let model = Self::load(&mut src, root, config, dtype)?;
+        src.finish(SiglipVisionConfig::is_unused_key)?;
+        Ok(model)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SiglipVisionConfig {
+        &self.config
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `last_hidden_state` `[batch, 729, 1152]` of preprocessed pixels
+    /// `[batch, 3, 384, 384]` (any float dtype; cast to the compute dtype).
+    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Result<Tensor<B, 3>, ModelError> {
+        let c = &self.config;
+        let [b, channels, h, w] = pixel_values.dims();
+        if channels != c.num_channels || h != c.image_size || w != c.image_size {
+            return Err(ModelError::input(
+                "pixel_values",
+                format!(
+                    "shape {:?}, the model takes [batch, {}, {}, {}] (preprocess the image first)",
+                    pixel_values.dims(),
+                    c.num_channels,
+                    c.image_size,
+                    c.image_size
+                ),
+            ));
+        }
+        let (k, n) = (c.patch_size, c.patches_per_side());
+        // A valid convolution reads only the first n·k rows and columns.
+        let patches = pixel_values
+            .cast(self.dtype)
+            .narrow(2, 0, n * k)
+            .narrow(3, 0, n * k)
+            .reshape([b, channels, n, k, n, k])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, n * n, channels * k * k]);
+        let mut x = self.patch_embedding.forward(patches)
+            + self.position_embedding.clone().unsqueeze::<3>();
+        for layer in &self.layers {
+            x = layer.forward(x);
+        }
+        Ok(self.post_layernorm.forward(x))
+    }
+
+    /// FramePack's `hf_clip_vision_encode`: preprocesses an RGB image (`[height][width][3]`
+    /// bytes) with `processor` and returns `last_hidden_state` `[1, 729, 1152]`.
+    pub fn encode_image(
+        &self,
+        processor: &SiglipImageProcessor,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let device = self.position_embedding.device();
+        let pixels = processor.preprocess::<B>(rgb, width, height, &device, self.dtype)?;
+        self.forward(pixels)
+    }
+}
