@@ -1,14 +1,21 @@
 //! FramePack's networks on burn, loading the published Hugging Face checkpoints unchanged.
 //!
 //! - [`transformer`]: the packed HunyuanVideo transformer (12.9 B parameters).
+//! - [`vae`]: HunyuanVideo's causal 3D VAE (encode, reference-exact tiled decode, streamed
+//!   cached decode).
 //! - [`weights`]: safetensors files and shards, the Hugging Face cache, random and manifest
 //!   sources.
 //! - [`ops`]: the backend-extension trait through which the hot operations run.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod nn;
 pub mod ops;
+pub mod text;
 pub mod transformer;
+pub mod vae;
+pub mod vision;
 pub mod weights;
 
 pub use burn;

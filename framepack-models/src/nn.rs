@@ -38,6 +38,11 @@ impl<B: FramePackBackend> Linear<B> {
         B::dense(x, self.weight.clone(), self.bias.clone())
     }
 
+    /// `GELU_tanh(x · Wᵀ + b)`, fused where the backend can.
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        B::dense_gelu(x, self.weight.clone(), self.bias.clone())
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.weight.dims()[0]
@@ -108,6 +113,17 @@ impl<B: FramePackBackend> RmsNorm<B> {
     /// Normalises `x` over its last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         B::rms_norm(x, self.weight.clone(), self.eps)
+    }
+
+    /// Normalises the heads of `x` `[batch, seq, heads, head_dim]` and rotates the first
+    /// `cos.dims()[0]` tokens.
+    pub fn forward_rope(
+        &self,
+        x: Tensor<B, 4>,
+        cos: Tensor<B, 2>,
+        sin: Tensor<B, 2>,
+    ) -> Tensor<B, 4> {
+        B::rms_norm_rope(x, self.weight.clone(), self.eps, cos, sin)
     }
 }
 

@@ -145,3 +145,39 @@ fn mismatched_inputs_are_errors_naming_the_argument() {
     let err = model.forward(&bad).unwrap_err().to_string();
     assert!(err.contains("text_lengths"), "{err}");
 }
+
+#[test]
+fn checkpoint_folder_with_config_json_loads_and_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        format!("{FIXTURES}/transformer_tiny.safetensors"),
+        dir.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    // A config.json as diffusers writes it, with the tiny sizes.
+    let config = r#"{"_class_name": "HunyuanVideoTransformer3DModelPacked", "_diffusers_version": "0.33.1",
+        "attention_head_dim": 16, "num_attention_heads": 2, "num_layers": 2, "num_single_layers": 2,
+        "num_refiner_layers": 1, "text_embed_dim": 32, "pooled_projection_dim": 24,
+        "rope_axes_dim": [4, 6, 6], "image_proj_dim": 20, "has_image_proj": true, "has_clean_x_embedder": true}"#;
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let model = FramePackTransformer::<B>::from_folder(dir.path(), &Default::default(), DType::F32)
+        .unwrap();
+    assert_eq!(model.config(), &TransformerConfig::tiny());
+    let io = io();
+    let out = model.forward(&inputs(&io, 1)).unwrap();
+    let expected: Tensor<B, 5> = io
+        .read_stored("output_b1", DType::F32, &Default::default())
+        .unwrap();
+    assert!(relative_l2(out, expected) <= 1e-5);
+
+    // The published config (24 heads x 128) does not fit these weights: a shape error naming the key.
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let err = FramePackTransformer::<B>::from_folder(dir.path(), &Default::default(), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("x_embedder.proj.weight") && err.contains("expected"),
+        "{err}"
+    );
+}

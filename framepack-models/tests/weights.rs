@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Tensor};
-use framepack_models::weights::hub::{find_in_cache, locate, RepoFolder};
+use framepack_models::weights::hub::{files_to_fetch, find_in_cache, locate, RepoFolder};
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
 use framepack_models::CpuBackend as B;
 use safetensors::{tensor::TensorView, Dtype};
@@ -231,4 +231,32 @@ fn locate_reports_what_is_missing_and_how_to_get_it() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/dir"), "{err}");
+}
+
+#[test]
+fn download_selects_the_subfolder_or_the_root_weights() {
+    let listing = [
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "diffusion_pytorch_model-00001-of-00003.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ];
+    let root = RepoFolder::new("lllyasviel/FramePackI2V_HY");
+    assert_eq!(
+        files_to_fetch(listing, &root),
+        vec![
+            "config.json",
+            "diffusion_pytorch_model-00001-of-00003.safetensors",
+            "diffusion_pytorch_model.safetensors.index.json"
+        ]
+    );
+    let vae = RepoFolder::new("hunyuanvideo-community/HunyuanVideo").subfolder("vae");
+    assert_eq!(
+        files_to_fetch(listing, &vae),
+        vec!["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    );
 }

@@ -2,7 +2,7 @@
 
 use burn::tensor::{Bool, DType, Tensor};
 
-use crate::nn::{LayerNorm, Linear, RmsNorm};
+use crate::nn::{Linear, RmsNorm};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -57,7 +57,7 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj_out.forward(B::gelu_tanh(self.proj_in.forward(x)))
+        self.proj_out.forward(self.proj_in.forward_gelu(x))
     }
 }
 
@@ -81,7 +81,6 @@ pub struct DoubleStreamBlock<B: FramePackBackend> {
     to_add_out: Linear<B>,
     ff: GeluFeedForward<B>,
     ff_context: GeluFeedForward<B>,
-    norm: LayerNorm<B>,
     heads: usize,
 }
 
@@ -117,7 +116,6 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
             to_add_out: lin(src, "attn.to_add_out", hidden, hidden)?,
             ff: GeluFeedForward::load(src, &p("ff"), hidden, mlp, dtype)?,
             ff_context: GeluFeedForward::load(src, &p("ff_context"), hidden, mlp, dtype)?,
-            norm: LayerNorm::plain(EPS),
             heads,
         })
     }
@@ -126,7 +124,7 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
     /// TeaCache compares between steps.
     pub fn modulated_input(&self, x: Tensor<B, 3>, temb_silu: Tensor<B, 2>) -> Tensor<B, 3> {
         let m = self.norm1.forward(temb_silu);
-        B::modulate(self.norm.forward(x), chunk(&m, 0, 6), chunk(&m, 1, 6))
+        B::layer_norm_modulate(x, chunk(&m, 0, 6), chunk(&m, 1, 6), EPS)
     }
 
     /// Runs the block on image tokens `x` and text tokens `c`.
@@ -139,39 +137,27 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         masked_keys: Option<Tensor<B, 2, Bool>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let n_img = x.dims()[1];
-        let hidden = x.dims()[2];
+        let heads = self.heads;
         // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
         let m = self.norm1.forward(temb_silu.clone());
         let mc = self.norm1_context.forward(temb_silu);
 
-        let xh = B::modulate(
-            self.norm.forward(x.clone()),
-            chunk(&m, 0, 6),
-            chunk(&m, 1, 6),
-        );
-        let ch = B::modulate(
-            self.norm.forward(c.clone()),
-            chunk(&mc, 0, 6),
-            chunk(&mc, 1, 6),
-        );
-
-        let rope = |t: Tensor<B, 4>| B::rope(t, rotary.cos.clone(), rotary.sin.clone());
-        let q = rope(
-            self.norm_q
-                .forward(split_heads(self.to_q.forward(xh.clone()), self.heads)),
-        );
-        let k = rope(
-            self.norm_k
-                .forward(split_heads(self.to_k.forward(xh.clone()), self.heads)),
-        );
-        let v = split_heads(self.to_v.forward(xh), self.heads);
+        // Attention: image q/k get RMSNorm + RoPE, text q/k RMSNorm only.
+        let xh = B::layer_norm_modulate(x.clone(), chunk(&m, 0, 6), chunk(&m, 1, 6), EPS);
+        let ch = B::layer_norm_modulate(c.clone(), chunk(&mc, 0, 6), chunk(&mc, 1, 6), EPS);
+        let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
+        let q = split_heads(self.to_q.forward(xh.clone()), heads);
+        let q = self.norm_q.forward_rope(q, cos.clone(), sin.clone());
+        let k = split_heads(self.to_k.forward(xh.clone()), heads);
+        let k = self.norm_k.forward_rope(k, cos, sin);
+        let v = split_heads(self.to_v.forward(xh), heads);
         let qc = self
             .norm_added_q
-            .forward(split_heads(self.add_q_proj.forward(ch.clone()), self.heads));
+            .forward(split_heads(self.add_q_proj.forward(ch.clone()), heads));
         let kc = self
             .norm_added_k
-            .forward(split_heads(self.add_k_proj.forward(ch.clone()), self.heads));
-        let vc = split_heads(self.add_v_proj.forward(ch), self.heads);
+            .forward(split_heads(self.add_k_proj.forward(ch.clone()), heads));
+        let vc = split_heads(self.add_v_proj.forward(ch), heads);
 
         let out = B::attend(
             Tensor::cat(vec![q, qc], 1),
@@ -183,23 +169,14 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         let n_txt = out.dims()[1] - n_img;
         let attn_x = self.to_out.forward(out.clone().narrow(1, 0, n_img));
         let attn_c = self.to_add_out.forward(out.narrow(1, n_img, n_txt));
-
         let x = B::gated_residual(x, chunk(&m, 2, 6), attn_x);
         let c = B::gated_residual(c, chunk(&mc, 2, 6), attn_c);
 
-        let xh = B::modulate(
-            self.norm.forward(x.clone()),
-            chunk(&m, 3, 6),
-            chunk(&m, 4, 6),
-        );
-        let ch = B::modulate(
-            self.norm.forward(c.clone()),
-            chunk(&mc, 3, 6),
-            chunk(&mc, 4, 6),
-        );
+        // Feed-forward.
+        let xh = B::layer_norm_modulate(x.clone(), chunk(&m, 3, 6), chunk(&m, 4, 6), EPS);
+        let ch = B::layer_norm_modulate(c.clone(), chunk(&mc, 3, 6), chunk(&mc, 4, 6), EPS);
         let x = B::gated_residual(x, chunk(&m, 5, 6), self.ff.forward(xh));
         let c = B::gated_residual(c, chunk(&mc, 5, 6), self.ff_context.forward(ch));
-        debug_assert_eq!(x.dims()[2], hidden);
         (x, c)
     }
 }
@@ -216,7 +193,6 @@ pub struct SingleStreamBlock<B: FramePackBackend> {
     norm_k: RmsNorm<B>,
     proj_mlp: Linear<B>,
     proj_out: Linear<B>,
-    layer_norm: LayerNorm<B>,
     heads: usize,
 }
 
@@ -241,7 +217,6 @@ impl<B: FramePackBackend> SingleStreamBlock<B> {
             norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
             proj_mlp: Linear::load(src, &p("proj_mlp"), hidden, mlp, true, dtype)?,
             proj_out: Linear::load(src, &p("proj_out"), hidden + mlp, hidden, true, dtype)?,
-            layer_norm: LayerNorm::plain(EPS),
             heads,
         })
     }
@@ -256,33 +231,20 @@ impl<B: FramePackBackend> SingleStreamBlock<B> {
         rotary: &Rotary<B>,
         masked_keys: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
-        let n = z.dims()[1];
+        let heads = self.heads;
         // shift, scale, gate
         let m = self.norm.forward(temb_silu);
-        let zh = B::modulate(
-            self.layer_norm.forward(z.clone()),
-            chunk(&m, 0, 3),
-            chunk(&m, 1, 3),
-        );
-        let mlp = B::gelu_tanh(self.proj_mlp.forward(zh.clone()));
+        let zh = B::layer_norm_modulate(z.clone(), chunk(&m, 0, 3), chunk(&m, 1, 3), EPS);
+        let mlp = self.proj_mlp.forward_gelu(zh.clone());
 
-        let rope_image = |t: Tensor<B, 4>| {
-            let image = B::rope(
-                t.clone().narrow(1, 0, n_img),
-                rotary.cos.clone(),
-                rotary.sin.clone(),
-            );
-            Tensor::cat(vec![image, t.narrow(1, n_img, n - n_img)], 1)
-        };
-        let q = rope_image(
-            self.norm_q
-                .forward(split_heads(self.to_q.forward(zh.clone()), self.heads)),
-        );
-        let k = rope_image(
-            self.norm_k
-                .forward(split_heads(self.to_k.forward(zh.clone()), self.heads)),
-        );
-        let v = split_heads(self.to_v.forward(zh), self.heads);
+        // The rotary tables cover the image tokens, which come first.
+        debug_assert_eq!(rotary.cos.dims()[0], n_img);
+        let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
+        let q = split_heads(self.to_q.forward(zh.clone()), heads);
+        let q = self.norm_q.forward_rope(q, cos.clone(), sin.clone());
+        let k = split_heads(self.to_k.forward(zh.clone()), heads);
+        let k = self.norm_k.forward_rope(k, cos, sin);
+        let v = split_heads(self.to_v.forward(zh), heads);
         let attn = merge_heads(B::attend(q, k, v, masked_keys));
 
         let out = self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2));

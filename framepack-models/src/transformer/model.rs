@@ -1,5 +1,6 @@
 //! The full transformer: loading, input packing, the block stack and the output head.
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use burn::tensor::{Bool, DType, Tensor, TensorData};
@@ -15,7 +16,7 @@ use super::rope::{Rope3d, RopeTable};
 use crate::error::ModelError;
 use crate::nn::{Linear, PatchEmbed};
 use crate::ops::FramePackBackend;
-use crate::weights::{TensorSource, WeightError};
+use crate::weights::{SafetensorsSource, TensorSource, WeightError};
 
 /// `[batch, keys]`, true where a key is padding.
 type KeyMask<B> = Tensor<B, 2, Bool>;
@@ -165,6 +166,32 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
             })
         };
         Ok(load(src)?)
+    }
+
+    /// Loads a checkpoint folder as published (`config.json` plus one `.safetensors` or
+    /// shards with their index), or a single `.safetensors` file with an optional
+    /// `config.json` beside it, and checks that every stored tensor was used.
+    pub fn from_folder(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let dir = if path.is_dir() {
+            path
+        } else {
+            path.parent().unwrap_or(Path::new("."))
+        };
+        let config_path = dir.join("config.json");
+        let config = if config_path.is_file() {
+            TransformerConfig::from_file(&config_path)?
+        } else {
+            TransformerConfig::framepack()
+        };
+        let mut src = SafetensorsSource::open(path, device)?;
+        let model = Self::load(&mut src, config, dtype)?;
+        src.finish(|_| false)?;
+        Ok(model)
     }
 
     /// The configuration.
@@ -426,7 +453,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         let m = self.norm_out.forward(prepared.temb_silu.clone());
         let scale = m.clone().narrow(1, 0, hidden).unsqueeze_dim(1);
         let shift = m.narrow(1, hidden, hidden).unsqueeze_dim(1);
-        let x = B::modulate(B::layer_norm_fp32(x, None, None, 1e-6), shift, scale);
+        let x = B::layer_norm_modulate(x, shift, scale, 1e-6);
         let x = self.proj_out.forward(x.cast(DType::F32));
         let c = &self.config;
         let (p, pt, ch) = (c.patch_size, c.patch_size_t, c.out_channels);

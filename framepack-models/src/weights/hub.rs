@@ -121,3 +121,91 @@ pub fn locate(folder: &RepoFolder, explicit: Option<&Path>) -> Result<PathBuf, W
             ),
         })
 }
+
+/// The files of a repository listing that belong to `folder`: everything under its subfolder,
+/// or, for a repository root, the weights, indices and configs at the top level (not the
+/// README or other subfolders).
+pub fn files_to_fetch<'a>(
+    listing: impl IntoIterator<Item = &'a str>,
+    folder: &RepoFolder,
+) -> Vec<String> {
+    let mut files: Vec<String> = listing
+        .into_iter()
+        .filter(|name| match &folder.subfolder {
+            Some(sub) => name.starts_with(&format!("{sub}/")),
+            None => {
+                !name.contains('/')
+                    && (name.ends_with(".safetensors")
+                        || name.ends_with(".json")
+                        || name.ends_with(".txt"))
+            }
+        })
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    files
+}
+
+/// Downloads `folder` into the Hugging Face cache (the same layout [`find_in_cache`] reads) and
+/// returns its local path. Progress bars are drawn on stderr, one per file.
+#[cfg(feature = "download")]
+pub fn download(folder: &RepoFolder) -> Result<PathBuf, WeightError> {
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Repo, RepoType};
+
+    let failed = |e: &dyn std::fmt::Display| WeightError::NotFound {
+        what: format!("{} (revision {})", folder.display_name(), folder.revision),
+        hint: format!(
+            "download from https://huggingface.co/{} failed: {e}",
+            folder.repo_id
+        ),
+    };
+    let api = ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| failed(&e))?;
+    let repo = api.repo(Repo::with_revision(
+        folder.repo_id.clone(),
+        RepoType::Model,
+        folder.revision.clone(),
+    ));
+    let info = repo.info().map_err(|e| failed(&e))?;
+    let files = files_to_fetch(info.siblings.iter().map(|s| s.rfilename.as_str()), folder);
+    if files.is_empty() {
+        return Err(failed(&"the repository lists no matching files"));
+    }
+    let mut local = None;
+    for file in &files {
+        let path = repo.get(file).map_err(|e| failed(&e))?;
+        local.get_or_insert(path);
+    }
+    // `get` returns snapshots/<commit>/<file>; climb back to the folder itself.
+    let mut dir = local.ok_or_else(|| failed(&"nothing was downloaded"))?;
+    for _ in 0..files[0].split('/').count() {
+        dir.pop();
+    }
+    if let Some(sub) = &folder.subfolder {
+        dir = dir.join(sub);
+    }
+    Ok(dir)
+}
+
+/// [`locate`], falling back to [`download`] when the folder is not cached and `allow_download`
+/// is set (and the crate was built with the `download` feature).
+pub fn locate_or_download(
+    folder: &RepoFolder,
+    explicit: Option<&Path>,
+    allow_download: bool,
+) -> Result<PathBuf, WeightError> {
+    match locate(folder, explicit) {
+        Ok(path) => Ok(path),
+        #[cfg(feature = "download")]
+        Err(WeightError::NotFound { .. }) if allow_download && explicit.is_none() => {
+            download(folder)
+        }
+        Err(e) => {
+            let _ = allow_download;
+            Err(e)
+        }
+    }
+}

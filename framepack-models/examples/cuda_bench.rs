@@ -1,0 +1,303 @@
+//! The transformer on an NVIDIA GPU: per-op rates on FramePack's shapes and the full-size
+//! forward at the default 640x608 bucket (window 9, packed context, 32 text tokens), with
+//! random bf16 weights built on the device, or with the PyTorch reference's own weights and
+//! inputs for a parity check.
+//!
+//! ```sh
+//! cargo build --release -p framepack-models --features cuda --example cuda_bench
+//! cuda_bench [--iters N] [--reference /path/weights.safetensors]
+//! ```
+//! `--reference` takes the files written by `../shared/perf/ref_transformer.py` with `SAVE=`:
+//! the weights, and `<path>.io.safetensors` with the inputs and the reference output.
+
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use framepack_models::cuda::{device_report, CudaBackend as B, CudaDevice};
+use framepack_models::transformer::{
+    ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+};
+use framepack_models::weights::{CheckpointFiles, RandomSource, SafetensorsSource};
+use framepack_models::FramePackBackend;
+
+/// FLOPs of one forward at 640x608, window 9, 32 text tokens (shared/spec/models.md 7.1).
+const FORWARD_FLOPS: f64 = 494.1e12;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(iters: usize, device: &CudaDevice, mut f: impl FnMut()) -> f64 {
+    f();
+    B::sync(device).expect("sync");
+    median(
+        (0..iters)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                B::sync(device).expect("sync");
+                start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn randn<const D: usize>(shape: [usize; D], device: &CudaDevice) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(DType::BF16)
+}
+
+fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
+    let iters = 10;
+    for (name, m, k, n, gelu) in [
+        ("GEMM qkv/out 17500x3072 -> 3072", 17500, 3072, 3072, false),
+        (
+            "GEMM ff-in +GELU 17500x3072 -> 12288",
+            17500,
+            3072,
+            12288,
+            true,
+        ),
+        ("GEMM ff-out 17500x12288 -> 3072", 17500, 12288, 3072, false),
+        (
+            "GEMM single out 18261x15360 -> 3072",
+            18261,
+            15360,
+            3072,
+            false,
+        ),
+    ] {
+        let x = randn([1, m, k], device);
+        let w = randn([n, k], device).mul_scalar(0.02);
+        let b = randn([n], device);
+        let t = time(iters, device, || {
+            let y = if gelu {
+                B::dense_gelu(x.clone(), w.clone(), Some(b.clone()))
+            } else {
+                B::dense(x.clone(), w.clone(), Some(b.clone()))
+            };
+            drop(y);
+        });
+        let tflops = 2.0 * (m * k * n) as f64 / t / 1e12;
+        rows.push((
+            name.to_string(),
+            format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
+        ));
+    }
+    for seq in [4096usize, 18261] {
+        let q = randn([1, seq, 24, 128], device);
+        let k = randn([1, seq, 24, 128], device);
+        let v = randn([1, seq, 24, 128], device);
+        let t = time(iters, device, || {
+            drop(B::attend(q.clone(), k.clone(), v.clone(), None))
+        });
+        let tflops = 4.0 * (seq * seq * 128 * 24) as f64 / t / 1e12;
+        rows.push((
+            format!("attention 24 heads x {seq} x 128"),
+            format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
+        ));
+    }
+    let x = randn([1, 17500, 3072], device);
+    let shift = randn([1, 1, 3072], device);
+    let scale = randn([1, 1, 3072], device);
+    let t = time(iters, device, || {
+        drop(B::layer_norm_modulate(
+            x.clone(),
+            shift.clone(),
+            scale.clone(),
+            1e-6,
+        ))
+    });
+    rows.push((
+        "LayerNorm+modulate 17500x3072".into(),
+        format!(
+            "{:.3} ms, {:.0} GB/s",
+            t * 1e3,
+            2.0 * 17500.0 * 3072.0 * 2.0 / t / 1e9
+        ),
+    ));
+    let h = randn([1, 17500, 24, 128], device);
+    let w = randn([128], device);
+    let cos = Tensor::<B, 2>::random([17500, 128], Distribution::Uniform(-1.0, 1.0), device);
+    let sin = cos.clone();
+    let t = time(iters, device, || {
+        drop(B::rms_norm_rope(
+            h.clone(),
+            w.clone(),
+            1e-6,
+            cos.clone(),
+            sin.clone(),
+        ))
+    });
+    rows.push((
+        "RMSNorm+RoPE 17500x24x128".into(),
+        format!("{:.3} ms", t * 1e3),
+    ));
+    let y = randn([1, 17500, 3072], device);
+    let t = time(iters, device, || {
+        drop(B::gated_residual(x.clone(), shift.clone(), y.clone()))
+    });
+    rows.push((
+        "gated residual 17500x3072".into(),
+        format!(
+            "{:.3} ms, {:.0} GB/s",
+            t * 1e3,
+            3.0 * 17500.0 * 3072.0 * 2.0 / t / 1e9
+        ),
+    ));
+}
+
+fn default_inputs(config: &TransformerConfig, device: &CudaDevice) -> TransformerInputs<B> {
+    let (h, w) = (80, 76);
+    TransformerInputs {
+        latents: randn([1, 16, 9, h, w], device),
+        latent_indices: (1..10).map(|i| i as f32).collect(),
+        timestep: vec![996.0],
+        guidance: vec![9984.0],
+        text: randn([1, 512, config.text_embed_dim], device),
+        text_lengths: vec![32],
+        pooled_text: randn([1, config.pooled_projection_dim], device),
+        image_embeddings: randn([1, 729, config.image_proj_dim], device),
+        clean: Some(ContextGroup {
+            latents: randn([1, 16, 2, h, w], device),
+            indices: vec![0.0, 10.0],
+        }),
+        clean_2x: Some(ContextGroup {
+            latents: randn([1, 16, 2, h, w], device),
+            indices: vec![11.0, 12.0],
+        }),
+        clean_4x: Some(ContextGroup {
+            latents: randn([1, 16, 16, h, w], device),
+            indices: (13..29).map(|i| i as f32).collect(),
+        }),
+    }
+}
+
+fn reference_inputs(io: &CheckpointFiles, device: &CudaDevice) -> TransformerInputs<B> {
+    let t5 = |k: &str| io.read_stored::<B, 5>(k, DType::BF16, device).expect(k);
+    TransformerInputs {
+        latents: t5("hidden_states"),
+        latent_indices: (1..10).map(|i| i as f32).collect(),
+        timestep: vec![996.0],
+        guidance: vec![9984.0],
+        text: io
+            .read_stored::<B, 3>("encoder_hidden_states", DType::BF16, device)
+            .expect("text"),
+        text_lengths: vec![std::env::var("TXT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32)],
+        pooled_text: io
+            .read_stored::<B, 2>("pooled_projections", DType::BF16, device)
+            .expect("pooled"),
+        image_embeddings: io
+            .read_stored::<B, 3>("image_embeds", DType::BF16, device)
+            .expect("image"),
+        clean: Some(ContextGroup {
+            latents: t5("latents_clean"),
+            indices: vec![0.0, 10.0],
+        }),
+        clean_2x: Some(ContextGroup {
+            latents: t5("latents_history_2x"),
+            indices: vec![11.0, 12.0],
+        }),
+        clean_4x: Some(ContextGroup {
+            latents: t5("latents_history_4x"),
+            indices: (13..29).map(|i| i as f32).collect(),
+        }),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let iters: usize = arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5);
+    let reference = arg("--reference");
+    let device = CudaDevice { index: 0 };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some((name, _, total)) = device_report(0) {
+        rows.push((
+            "device".into(),
+            format!("{name}, {:.1} GiB", total as f64 / (1u64 << 30) as f64),
+        ));
+    }
+    if !args.iter().any(|a| a == "--skip-ops") {
+        op_rates(&device, &mut rows);
+    }
+
+    let config = TransformerConfig::framepack();
+    let start = Instant::now();
+    let (model, inputs, expected) = match &reference {
+        Some(path) => {
+            let mut src = SafetensorsSource::<B>::open(path, &device).expect("reference weights");
+            let model =
+                FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("load");
+            src.finish(|_| false).expect("every reference tensor used");
+            let io = CheckpointFiles::open(format!("{path}.io.safetensors")).expect("reference io");
+            let expected = io
+                .read_stored::<B, 5>("output", DType::F32, &device)
+                .expect("output");
+            (model, reference_inputs(&io, &device), Some(expected))
+        }
+        None => {
+            let mut src = RandomSource::<B>::new(&device, 0, 0.02);
+            let model = FramePackTransformer::load(&mut src, config.clone(), DType::BF16)
+                .expect("random model");
+            (model, default_inputs(&config, &device), None)
+        }
+    };
+    B::sync(&device).expect("sync");
+    rows.push((
+        "model build".into(),
+        format!(
+            "{:.1} s ({})",
+            start.elapsed().as_secs_f64(),
+            if reference.is_some() {
+                "reference weights"
+            } else {
+                "random weights on the GPU"
+            }
+        ),
+    ));
+
+    let mut out = None;
+    let t = time(iters, &device, || {
+        out = Some(model.forward(&inputs).expect("forward"))
+    });
+    let out = out.expect("forward ran");
+    let finite = out.clone().is_nan().int().sum().into_scalar() == 0
+        && out.clone().is_inf().int().sum().into_scalar() == 0;
+    rows.push((
+        "forward (640x608, window 9, context, 32 text)".into(),
+        format!(
+            "median {t:.3} s of {iters}, {:.0} TFLOP/s, finite: {finite}",
+            FORWARD_FLOPS / t / 1e12
+        ),
+    ));
+    if let Some((_, used, _)) = device_report(0) {
+        rows.push((
+            "GPU memory in use after the forward".into(),
+            format!("{:.1} GiB", used as f64 / (1u64 << 30) as f64),
+        ));
+    }
+    if let Some(expected) = expected {
+        let diff = (out.clone() - expected.clone())
+            .powi_scalar(2)
+            .sum()
+            .into_scalar() as f64;
+        let norm = expected.powi_scalar(2).sum().into_scalar() as f64;
+        rows.push((
+            "relative L2 vs PyTorch reference".into(),
+            format!("{:.3e}", (diff / norm).sqrt()),
+        ));
+    }
+    println!("\n| measurement | result |\n|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}

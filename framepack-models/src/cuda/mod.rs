@@ -1,0 +1,519 @@
+//! The tuned CUDA implementation of [`FramePackBackend`](crate::ops::FramePackBackend).
+//!
+//! [`CudaBackend`] is burn's CubeCL backend on the CUDA runtime (without burn's fusion layer, so
+//! that every tensor has device memory our kernels can address). Its hot operations run on
+//! cuBLASLt (dense layers, with bias and GELU in the epilogue) and on kernels of ours compiled
+//! with NVRTC at run time (`kernels.cu`: flash attention, fused LayerNorm + modulation,
+//! RMSNorm + RoPE, gated residual, activations). Anything a kernel does not cover (other
+//! dtypes, masks, head sizes) takes the portable burn path, as does everything when the
+//! engine cannot be created or [`set_tuned_kernels`] turned it off.
+
+mod engine;
+mod gemm;
+
+use std::sync::Arc;
+
+use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+use cubecl::cuda::CudaRuntime;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+pub use cubecl::cuda::CudaDevice;
+pub use engine::{device_report, set_tuned_kernels, tuned_kernels};
+
+use crate::ops::{portable, FramePackBackend};
+use engine::{Engine, FLASH_SMEM};
+use gemm::{Epilogue, GemmCall, GemmType};
+
+/// burn's CUDA backend as FramePack runs it (CubeCL, no fusion), with the tuned operations.
+pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+type Prim = CubeTensor<CudaRuntime>;
+
+/// The engine for `device` if the tuned path is on and available.
+fn engine_for(device: &CudaDevice) -> Option<Arc<Engine>> {
+    if !tuned_kernels() {
+        return None;
+    }
+    engine::engine(device.index)
+}
+
+fn prim<const D: usize>(t: Tensor<CudaBackend, D>) -> Prim {
+    into_contiguous(t.into_primitive().tensor())
+}
+
+fn wrap<const D: usize>(t: Prim) -> Tensor<CudaBackend, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn empty<const D: usize>(shape: [usize; D], dtype: DType, device: &CudaDevice) -> Prim {
+    Tensor::<CudaBackend, D>::empty(shape, (device, dtype))
+        .into_primitive()
+        .tensor()
+}
+
+/// Runs `work` with the device pointers of `tensors`, ordered after burn's queued work and
+/// finished before burn touches the outputs (see `engine.rs` for why both waits are needed).
+fn run(
+    engine: &Engine,
+    device: &CudaDevice,
+    tensors: &[&Prim],
+    work: impl FnOnce(&Engine, &[u64]) -> Result<(), String>,
+) {
+    let resources: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            t.client
+                .get_resource(t.handle.clone())
+                .unwrap_or_else(|e| panic!("framepack CUDA: tensor memory not addressable: {e:?}"))
+        })
+        .collect();
+    let pointers: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();
+    if let Err(e) = CudaBackend::sync(device) {
+        panic!("framepack CUDA: waiting for burn's stream failed: {e:?}");
+    }
+    if let Err(e) = work(engine, &pointers) {
+        panic!("framepack CUDA: {e}");
+    }
+    if let Err(e) = engine.stream.synchronize() {
+        panic!("framepack CUDA: kernel failed: {e:?}");
+    }
+    drop(resources);
+}
+
+fn launch_err(e: cudarc::driver::DriverError) -> String {
+    format!("kernel launch: {e:?}")
+}
+
+/// Grid of `blocks` blocks of `threads` threads.
+fn grid(blocks: usize, threads: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+/// Blocks for a grid-stride element-wise kernel over `n` elements.
+fn elementwise_blocks(engine: &Engine, n: usize) -> usize {
+    n.div_ceil(256).min(engine.multiprocessors as usize * 32)
+}
+
+fn dense_tuned<const D: usize>(
+    x: &Tensor<CudaBackend, D>,
+    weight: &Tensor<CudaBackend, 2>,
+    bias: &Option<Tensor<CudaBackend, 1>>,
+    gelu: bool,
+) -> Option<Tensor<CudaBackend, D>> {
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    let dtype = x.dtype();
+    let ty = match dtype {
+        DType::BF16 => GemmType::Bf16,
+        DType::F32 => GemmType::F32,
+        _ => return None,
+    };
+    if weight.dtype() != dtype || bias.as_ref().is_some_and(|b| b.dtype() != dtype) {
+        return None;
+    }
+    let dims = x.dims();
+    let [n, k] = weight.dims();
+    let m: usize = dims[..D - 1].iter().product();
+    if dims[D - 1] != k || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    let xp = prim(x.clone().reshape([m, k]));
+    let wp = prim(weight.clone());
+    let bp = bias.clone().map(prim);
+    let out = empty([m, n], dtype, &device);
+    let epilogue = match (gelu, bp.is_some()) {
+        (false, false) => Epilogue::None,
+        (false, true) => Epilogue::Bias,
+        (true, true) => Epilogue::GeluBias,
+        (true, false) => Epilogue::Gelu,
+    };
+    let mut tensors = vec![&xp, &wp, &out];
+    if let Some(b) = &bp {
+        tensors.push(b);
+    }
+    run(&engine, &device, &tensors, |e, p| {
+        e.gemm.run(&GemmCall {
+            x: p[0],
+            w: p[1],
+            out: p[2],
+            bias: p.get(3).copied(),
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            epilogue,
+            ty,
+        })
+    });
+    let mut out_dims = dims;
+    out_dims[D - 1] = n;
+    Some(wrap::<2>(out).reshape(out_dims))
+}
+
+fn attend_tuned(
+    q: &Tensor<CudaBackend, 4>,
+    k: &Tensor<CudaBackend, 4>,
+    v: &Tensor<CudaBackend, 4>,
+) -> Option<Tensor<CudaBackend, 4>> {
+    let device = q.device();
+    let engine = engine_for(&device)?;
+    let [b, seq_q, heads, dim] = q.dims();
+    let [kb, seq_k, kh, kd] = k.dims();
+    if dim != 128
+        || k.dims() != v.dims()
+        || kb != b
+        || kh != heads
+        || kd != dim
+        || seq_q == 0
+        || seq_k == 0
+    {
+        return None;
+    }
+    if [q.dtype(), k.dtype(), v.dtype()] != [DType::BF16; 3] {
+        return None;
+    }
+    engine.kernels.as_ref()?;
+    let (qp, kp, vp) = (prim(q.clone()), prim(k.clone()), prim(v.clone()));
+    let out = empty([b, seq_q, heads, dim], DType::BF16, &device);
+    let scale_log2 = std::f32::consts::LOG2_E / (dim as f32).sqrt();
+    run(&engine, &device, &[&qp, &kp, &vp, &out], |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let cfg = LaunchConfig {
+            grid_dim: (seq_q.div_ceil(128) as u32, heads as u32, b as u32),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: FLASH_SMEM,
+        };
+        let (sq, sk, h) = (seq_q as i32, seq_k as i32, heads as i32);
+        let mut launch = e.stream.launch_builder(&kernels.flash_attention);
+        launch
+            .arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&sq)
+            .arg(&sk)
+            .arg(&h)
+            .arg(&scale_log2);
+        // SAFETY: the pointers address contiguous bf16 tensors of the shapes checked above.
+        unsafe { launch.launch(cfg) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
+fn layer_norm_tuned<const D: usize>(
+    x: &Tensor<CudaBackend, D>,
+    modulation: Option<(&Tensor<CudaBackend, D>, &Tensor<CudaBackend, D>)>,
+    eps: f64,
+) -> Option<Tensor<CudaBackend, D>> {
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    let dims = x.dims();
+    let dim = dims[D - 1];
+    let rows: usize = dims[..D - 1].iter().product();
+    if x.dtype() != DType::BF16 || rows == 0 {
+        return None;
+    }
+    // Modulation vectors broadcast over the sequence: [batch, 1, dim].
+    let (batch, mods) = match modulation {
+        Some((shift, scale)) => {
+            let (sd, cd) = (shift.dims(), scale.dims());
+            let batch = dims[0];
+            let ok = D == 3 && sd == cd && sd[0] == batch && sd[D - 2] == 1 && sd[D - 1] == dim;
+            if !ok || shift.dtype() != DType::BF16 || scale.dtype() != DType::BF16 {
+                return None;
+            }
+            (batch, Some((prim(shift.clone()), prim(scale.clone()))))
+        }
+        None => (1, None),
+    };
+    let xp = prim(x.clone());
+    let out = empty(dims, DType::BF16, &device);
+    let mut tensors = vec![&xp, &out];
+    if let Some((s, c)) = &mods {
+        tensors.push(s);
+        tensors.push(c);
+    }
+    let has_mod = mods.is_some() as i32;
+    run(&engine, &device, &tensors, |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let (shift, scale) = if has_mod == 1 { (p[2], p[3]) } else { (0, 0) };
+        let (r, per_batch, d, eps) = (rows as i32, (rows / batch) as i32, dim as i32, eps as f32);
+        let mut launch = e.stream.launch_builder(&kernels.ln_modulate);
+        launch
+            .arg(&p[0])
+            .arg(&shift)
+            .arg(&scale)
+            .arg(&p[1])
+            .arg(&r)
+            .arg(&per_batch)
+            .arg(&d)
+            .arg(&eps)
+            .arg(&has_mod);
+        // SAFETY: contiguous bf16 tensors of the checked shapes; one warp per row.
+        unsafe { launch.launch(grid(rows.div_ceil(4), 128, 0)) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
+fn rms_norm_rope_tuned<const D: usize>(
+    x: &Tensor<CudaBackend, D>,
+    weight: &Tensor<CudaBackend, 1>,
+    eps: f64,
+    rope: Option<(&Tensor<CudaBackend, 2>, &Tensor<CudaBackend, 2>)>,
+) -> Option<Tensor<CudaBackend, D>> {
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    let dims = x.dims();
+    let head_dim = dims[D - 1];
+    let rows: usize = dims[..D - 1].iter().product();
+    if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || head_dim % 2 != 0 || rows == 0 {
+        return None;
+    }
+    let (seq, heads) = if D == 4 { (dims[1], dims[2]) } else { (1, 1) };
+    let tables = match rope {
+        Some((cos, sin)) => {
+            let [tokens, d] = cos.dims();
+            if D != 4 || sin.dims() != [tokens, d] || d != head_dim || tokens > seq {
+                return None;
+            }
+            if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+                return None;
+            }
+            Some((prim(cos.clone()), prim(sin.clone()), tokens))
+        }
+        None => None,
+    };
+    let (xp, wp) = (prim(x.clone()), prim(weight.clone()));
+    let out = empty(dims, DType::BF16, &device);
+    let mut tensors = vec![&xp, &wp, &out];
+    let rope_tokens = tables.as_ref().map_or(0, |t| t.2) as i32;
+    if let Some((c, s, _)) = &tables {
+        tensors.push(c);
+        tensors.push(s);
+    }
+    run(&engine, &device, &tensors, |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let (cos, sin) = if rope_tokens > 0 {
+            (p[3], p[4])
+        } else {
+            (0, 0)
+        };
+        let (r, s, h, d, eps) = (
+            rows as i32,
+            seq as i32,
+            heads as i32,
+            head_dim as i32,
+            eps as f32,
+        );
+        let mut launch = e.stream.launch_builder(&kernels.rms_norm_rope);
+        launch
+            .arg(&p[0])
+            .arg(&p[1])
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&p[2])
+            .arg(&r)
+            .arg(&s)
+            .arg(&h)
+            .arg(&d)
+            .arg(&rope_tokens)
+            .arg(&eps);
+        // SAFETY: contiguous tensors of the checked shapes; one warp per head.
+        unsafe { launch.launch(grid(rows.div_ceil(4), 128, 0)) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
+fn gated_residual_tuned(
+    x: &Tensor<CudaBackend, 3>,
+    gate: &Tensor<CudaBackend, 3>,
+    y: &Tensor<CudaBackend, 3>,
+) -> Option<Tensor<CudaBackend, 3>> {
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    let [b, s, d] = x.dims();
+    if y.dims() != [b, s, d] || gate.dims() != [b, 1, d] {
+        return None;
+    }
+    if [x.dtype(), gate.dtype(), y.dtype()] != [DType::BF16; 3] {
+        return None;
+    }
+    let (xp, gp, yp) = (prim(x.clone()), prim(gate.clone()), prim(y.clone()));
+    let out = empty([b, s, d], DType::BF16, &device);
+    let n = b * s * d;
+    run(&engine, &device, &[&xp, &gp, &yp, &out], |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let (n64, dim, per_batch) = (n as i64, d as i32, (s * d) as i64);
+        let mut launch = e.stream.launch_builder(&kernels.gated_residual);
+        launch
+            .arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&n64)
+            .arg(&dim)
+            .arg(&per_batch);
+        // SAFETY: contiguous bf16 tensors of the checked shapes.
+        unsafe { launch.launch(grid(elementwise_blocks(e, n), 256, 0)) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
+fn activation_tuned<const D: usize>(
+    x: &Tensor<CudaBackend, D>,
+    gelu: bool,
+) -> Option<Tensor<CudaBackend, D>> {
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    if x.dtype() != DType::BF16 {
+        return None;
+    }
+    let dims = x.dims();
+    let n: usize = dims.iter().product();
+    let xp = prim(x.clone());
+    let out = empty(dims, DType::BF16, &device);
+    run(&engine, &device, &[&xp, &out], |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let f = if gelu {
+            &kernels.gelu_tanh
+        } else {
+            &kernels.silu
+        };
+        let n64 = n as i64;
+        let mut launch = e.stream.launch_builder(f);
+        launch.arg(&p[0]).arg(&p[1]).arg(&n64);
+        // SAFETY: contiguous bf16 tensors of `n` elements.
+        unsafe { launch.launch(grid(elementwise_blocks(e, n), 256, 0)) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
+impl FramePackBackend for CudaBackend {
+    fn dense<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, D> {
+        dense_tuned(&x, &weight, &bias, false)
+            .unwrap_or_else(|| portable::dense::<Self, D>(x, weight, bias))
+    }
+
+    fn dense_gelu<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, D> {
+        dense_tuned(&x, &weight, &bias, true)
+            .unwrap_or_else(|| Self::gelu_tanh(portable::dense::<Self, D>(x, weight, bias)))
+    }
+
+    fn attend(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        masked_keys: Option<Tensor<Self, 2, Bool>>,
+    ) -> Tensor<Self, 4> {
+        match masked_keys {
+            None => {
+                attend_tuned(&q, &k, &v).unwrap_or_else(|| portable::attend::<Self>(q, k, v, None))
+            }
+            mask => portable::attend::<Self>(q, k, v, mask),
+        }
+    }
+
+    fn layer_norm_fp32<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Option<Tensor<Self, 1>>,
+        bias: Option<Tensor<Self, 1>>,
+        eps: f64,
+    ) -> Tensor<Self, D> {
+        if weight.is_none() && bias.is_none() {
+            if let Some(out) = layer_norm_tuned(&x, None, eps) {
+                return out;
+            }
+        }
+        portable::layer_norm_fp32::<Self, D>(x, weight, bias, eps)
+    }
+
+    fn layer_norm_modulate(
+        x: Tensor<Self, 3>,
+        shift: Tensor<Self, 3>,
+        scale: Tensor<Self, 3>,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        layer_norm_tuned(&x, Some((&shift, &scale)), eps).unwrap_or_else(|| {
+            portable::modulate::<Self>(
+                portable::layer_norm_fp32::<Self, 3>(x, None, None, eps),
+                shift,
+                scale,
+            )
+        })
+    }
+
+    fn rms_norm<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> Tensor<Self, D> {
+        rms_norm_rope_tuned(&x, &weight, eps, None)
+            .unwrap_or_else(|| portable::rms_norm::<Self, D>(x, weight, eps))
+    }
+
+    fn rms_norm_rope(
+        x: Tensor<Self, 4>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+    ) -> Tensor<Self, 4> {
+        if let Some(out) = rms_norm_rope_tuned(&x, &weight, eps, Some((&cos, &sin))) {
+            return out;
+        }
+        let normed = portable::rms_norm::<Self, 4>(x, weight, eps);
+        let seq = normed.dims()[1];
+        let rotated = cos.dims()[0];
+        let head = portable::rope::<Self>(normed.clone().narrow(1, 0, rotated), cos, sin);
+        if rotated == seq {
+            head
+        } else {
+            Tensor::cat(vec![head, normed.narrow(1, rotated, seq - rotated)], 1)
+        }
+    }
+
+    fn gated_residual(
+        x: Tensor<Self, 3>,
+        gate: Tensor<Self, 3>,
+        y: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        gated_residual_tuned(&x, &gate, &y)
+            .unwrap_or_else(|| portable::gated_residual::<Self>(x, gate, y))
+    }
+
+    fn gelu_tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        activation_tuned(&x, true).unwrap_or_else(|| portable::gelu_tanh::<Self, D>(x))
+    }
+
+    fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        activation_tuned(&x, false).unwrap_or_else(|| portable::silu::<Self, D>(x))
+    }
+}

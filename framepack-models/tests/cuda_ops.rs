@@ -1,0 +1,139 @@
+//! Every tuned CUDA operation against the portable burn path on the same random inputs
+//! (bf16: relative L2 <= 1e-2, never NaN). Needs an NVIDIA GPU: built only with `--features
+//! cuda` and run on the GPU machine (see docs/performance.md).
+#![cfg(feature = "cuda")]
+
+use burn::tensor::{DType, Distribution, Tensor};
+use framepack_models::cuda::{set_tuned_kernels, CudaBackend as B, CudaDevice};
+use framepack_models::FramePackBackend;
+use std::sync::Mutex;
+
+/// The tuned switch is process-wide: tests that flip it must not interleave.
+static SWITCH: Mutex<()> = Mutex::new(());
+
+fn device() -> CudaDevice {
+    CudaDevice { index: 0 }
+}
+
+fn randn<const D: usize>(shape: [usize; D], std: f64) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), &device()).cast(DType::BF16)
+}
+
+/// Runs `f` with the tuned kernels on and off; returns (tuned, portable) as fp32.
+fn both<const D: usize>(f: impl Fn() -> Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_tuned_kernels(true);
+    let tuned = f().cast(DType::F32);
+    set_tuned_kernels(false);
+    let portable = f().cast(DType::F32);
+    set_tuned_kernels(true);
+    (tuned, portable)
+}
+
+fn check<const D: usize>(name: &str, (tuned, portable): (Tensor<B, D>, Tensor<B, D>), bound: f64) {
+    assert_eq!(tuned.dims(), portable.dims(), "{name}: shape");
+    let nan = tuned.clone().is_nan().int().sum().into_scalar();
+    assert!(nan == 0, "{name}: NaN in the tuned output");
+    let diff = (tuned - portable.clone())
+        .powi_scalar(2)
+        .sum()
+        .into_scalar() as f64;
+    let norm = portable.powi_scalar(2).sum().into_scalar() as f64;
+    let err = (diff / norm).sqrt();
+    println!("{name}: relative L2 {err:.3e}");
+    assert!(err <= bound, "{name}: relative L2 {err} > {bound}");
+}
+
+#[test]
+fn dense_matches_portable() {
+    let x = randn([2, 300, 768], 1.0);
+    let w = randn([1536, 768], 0.03);
+    let b = randn([1536], 0.1);
+    check(
+        "dense+bias",
+        both(|| B::dense(x.clone(), w.clone(), Some(b.clone()))),
+        1e-2,
+    );
+    check("dense", both(|| B::dense(x.clone(), w.clone(), None)), 1e-2);
+    check(
+        "dense+gelu",
+        both(|| B::dense_gelu(x.clone(), w.clone(), Some(b.clone()))),
+        1e-2,
+    );
+    // fp32 (the transformer's proj_out)
+    let (x32, w32) = (x.clone().cast(DType::F32), w.clone().cast(DType::F32));
+    check(
+        "dense fp32",
+        both(|| B::dense(x32.clone(), w32.clone(), None)),
+        1e-4,
+    );
+}
+
+#[test]
+fn flash_attention_matches_portable() {
+    // Not a multiple of the 128-row / 64-key tiles, to exercise the edges.
+    for (seq_q, seq_k) in [(333, 333), (1000, 1000), (64, 700)] {
+        let q = randn([1, seq_q, 3, 128], 1.0);
+        let k = randn([1, seq_k, 3, 128], 1.0);
+        let v = randn([1, seq_k, 3, 128], 1.0);
+        check(
+            &format!("attention {seq_q}x{seq_k}"),
+            both(|| B::attend(q.clone(), k.clone(), v.clone(), None)),
+            1e-2,
+        );
+    }
+    let q = randn([2, 200, 2, 128], 2.0);
+    let k = randn([2, 257, 2, 128], 2.0);
+    let v = randn([2, 257, 2, 128], 1.0);
+    check(
+        "attention batch 2, large scores",
+        both(|| B::attend(q.clone(), k.clone(), v.clone(), None)),
+        1e-2,
+    );
+}
+
+#[test]
+fn norms_match_portable() {
+    let x = randn([2, 77, 3072], 2.0);
+    let shift = randn([2, 1, 3072], 0.5);
+    let scale = randn([2, 1, 3072], 0.5);
+    check(
+        "layer_norm",
+        both(|| B::layer_norm_fp32(x.clone(), None, None, 1e-6)),
+        1e-2,
+    );
+    check(
+        "layer_norm_modulate",
+        both(|| B::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), 1e-6)),
+        1e-2,
+    );
+
+    let h = randn([1, 150, 4, 128], 3.0);
+    let w = randn([128], 0.2).add_scalar(1.0);
+    let cos = Tensor::<B, 2>::random([100, 128], Distribution::Uniform(-1.0, 1.0), &device());
+    let sin = Tensor::<B, 2>::random([100, 128], Distribution::Uniform(-1.0, 1.0), &device());
+    check(
+        "rms_norm",
+        both(|| B::rms_norm(h.clone(), w.clone(), 1e-6)),
+        1e-2,
+    );
+    check(
+        "rms_norm_rope (100 of 150 tokens)",
+        both(|| B::rms_norm_rope(h.clone(), w.clone(), 1e-6, cos.clone(), sin.clone())),
+        1e-2,
+    );
+}
+
+#[test]
+fn elementwise_matches_portable() {
+    let x = randn([2, 91, 3072], 1.0);
+    let y = randn([2, 91, 3072], 1.0);
+    let gate = randn([2, 1, 3072], 0.5);
+    check(
+        "gated_residual",
+        both(|| B::gated_residual(x.clone(), gate.clone(), y.clone())),
+        1e-2,
+    );
+    check("gelu_tanh", both(|| B::gelu_tanh(x.clone())), 1e-2);
+    check("silu", both(|| B::silu(x.clone())), 1e-2);
+}
