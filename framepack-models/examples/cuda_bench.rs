@@ -13,7 +13,9 @@
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
-use framepack_models::cuda::{device_report, CudaBackend as B, CudaDevice};
+use framepack_models::cuda::{
+    device_report, engine_summary, set_hopper_attention, CudaBackend as B, CudaDevice,
+};
 use framepack_models::transformer::{
     ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
 };
@@ -84,19 +86,23 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
             format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
         ));
     }
-    for seq in [4096usize, 18261] {
-        let q = randn([1, seq, 24, 128], device);
-        let k = randn([1, seq, 24, 128], device);
-        let v = randn([1, seq, 24, 128], device);
-        let t = time(iters, device, || {
-            drop(B::attend(q.clone(), k.clone(), v.clone(), None))
-        });
-        let tflops = 4.0 * (seq * seq * 128 * 24) as f64 / t / 1e12;
-        rows.push((
-            format!("attention 24 heads x {seq} x 128"),
-            format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
-        ));
+    for (hopper, kernel) in [(false, "mma.sync"), (true, "default")] {
+        set_hopper_attention(hopper);
+        for seq in [4096usize, 18261] {
+            let q = randn([1, seq, 24, 128], device);
+            let k = randn([1, seq, 24, 128], device);
+            let v = randn([1, seq, 24, 128], device);
+            let t = time(iters, device, || {
+                drop(B::attend(q.clone(), k.clone(), v.clone(), None))
+            });
+            let tflops = 4.0 * (seq * seq * 128 * 24) as f64 / t / 1e12;
+            rows.push((
+                format!("attention ({kernel}) 24 heads x {seq} x 128"),
+                format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
+            ));
+        }
     }
+    set_hopper_attention(true);
     let x = randn([1, 17500, 3072], device);
     let shift = randn([1, 1, 3072], device);
     let scale = randn([1, 1, 3072], device);
@@ -226,6 +232,7 @@ fn main() {
             format!("{name}, {:.1} GiB", total as f64 / (1u64 << 30) as f64),
         ));
     }
+    rows.push(("tuned path".into(), engine_summary(0)));
     if !args.iter().any(|a| a == "--skip-ops") {
         op_rates(&device, &mut rows);
     }

@@ -4,7 +4,9 @@
 #![cfg(feature = "cuda")]
 
 use burn::tensor::{DType, Distribution, Tensor};
-use framepack_models::cuda::{set_tuned_kernels, CudaBackend as B, CudaDevice};
+use framepack_models::cuda::{
+    engine_summary, set_hopper_attention, set_tuned_kernels, CudaBackend as B, CudaDevice,
+};
 use framepack_models::FramePackBackend;
 use std::sync::Mutex;
 
@@ -28,6 +30,23 @@ fn both<const D: usize>(f: impl Fn() -> Tensor<B, D>) -> (Tensor<B, D>, Tensor<B
     let portable = f().cast(DType::F32);
     set_tuned_kernels(true);
     (tuned, portable)
+}
+
+/// The attention kernels against burn's attention on the same values in fp32 (burn's own bf16
+/// attention rounds the scores, so it is not the reference here).
+fn attention_vs_fp32(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_tuned_kernels(true);
+    let tuned = B::attend(q.clone(), k.clone(), v.clone(), None).cast(DType::F32);
+    set_tuned_kernels(false);
+    let f32 = |t: &Tensor<B, 4>| t.clone().cast(DType::F32);
+    let exact = B::attend(f32(q), f32(k), f32(v), None);
+    set_tuned_kernels(true);
+    (tuned, exact)
 }
 
 fn check<const D: usize>(name: &str, (tuned, portable): (Tensor<B, D>, Tensor<B, D>), bound: f64) {
@@ -71,14 +90,28 @@ fn dense_matches_portable() {
 
 #[test]
 fn flash_attention_matches_portable() {
+    println!("{}", engine_summary(0));
+    // Both kernels: the Hopper one (where the GPU has it) and the sm_80 one.
+    for hopper in [true, false] {
+        set_hopper_attention(hopper);
+        attention_cases(if hopper {
+            "default kernel"
+        } else {
+            "sm_80 kernel"
+        });
+    }
+    set_hopper_attention(true);
+}
+
+fn attention_cases(kernel: &str) {
     // Not a multiple of the 128-row / 64-key tiles, to exercise the edges.
     for (seq_q, seq_k) in [(333, 333), (1000, 1000), (64, 700)] {
         let q = randn([1, seq_q, 3, 128], 1.0);
         let k = randn([1, seq_k, 3, 128], 1.0);
         let v = randn([1, seq_k, 3, 128], 1.0);
         check(
-            &format!("attention {seq_q}x{seq_k}"),
-            both(|| B::attend(q.clone(), k.clone(), v.clone(), None)),
+            &format!("{kernel}: attention {seq_q}x{seq_k}"),
+            attention_vs_fp32(&q, &k, &v),
             1e-2,
         );
     }
@@ -86,8 +119,8 @@ fn flash_attention_matches_portable() {
     let k = randn([2, 257, 2, 128], 2.0);
     let v = randn([2, 257, 2, 128], 1.0);
     check(
-        "attention batch 2, large scores",
-        both(|| B::attend(q.clone(), k.clone(), v.clone(), None)),
+        &format!("{kernel}: attention batch 2, large scores"),
+        attention_vs_fp32(&q, &k, &v),
         1e-2,
     );
 }

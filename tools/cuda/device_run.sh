@@ -13,7 +13,8 @@ export RUST_BACKTRACE=1
 NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0] if hasattr(nvidia,"__path__") else nvidia.__file__))' 2>/dev/null)
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${NV:+$NV/nvidia/cu13/lib:}${LD_LIBRARY_PATH:-}
 ldd --version | head -1; ls /usr/local/cuda/lib64/libcublasLt.so* /usr/local/cuda/lib64/libnvrtc.so* 2>&1 | head -4
-echo "== cuda_ops"; timeout 300 ./cuda_ops --test-threads=1 --nocapture 2>&1 | grep -E "relative|^test |panicked|test result" | tail -30
+echo "== cuda_ops"; CUBECL_AUTOTUNE_LEVEL=minimal timeout 300 ./cuda_ops --test-threads=1 --nocapture 2>&1 | grep -v "^\s*$" | tail -45; echo "cuda_ops exit: ${PIPESTATUS[0]}"
 echo "== reference (PyTorch)"; pip install -q --no-deps --target /tmp/dp ../.perf-wheels/*.whl 2>/dev/null
-PYTHONPATH=/tmp/dp timeout 200 python3 ref_transformer.py 2>&1 | tail -3
-echo "== cuda_bench"; timeout 400 ./cuda_bench --iters "${ITERS:-5}" "$@" 2>&1 | tail -24
+PYTHONPATH=/tmp/dp SAVE=/tmp/ref.safetensors timeout 300 python3 ref_transformer.py 2>&1 | tail -3
+echo "== cuda_bench"; REF=""; [ -f /tmp/ref.safetensors.io.safetensors ] && REF="--reference /tmp/ref.safetensors"
+timeout 400 ./cuda_bench --iters "${ITERS:-5}" $REF "$@" 2>&1 | tail -26

@@ -23,13 +23,34 @@ const KERNELS: &str = include_str!("kernels.cu");
 /// Dynamic shared memory of the flash-attention kernel: Q (32 KB) + 2 stages of K and V (64 KB).
 pub(crate) const FLASH_SMEM: u32 = 96 * 1024;
 
+/// A Hopper (wgmma) attention kernel: its function, dynamic shared memory and name.
+pub(crate) struct HopperAttention {
+    pub func: CudaFunction,
+    pub smem: u32,
+    pub name: &'static str,
+}
+
+/// The Hopper kernels, best first: (symbol, dynamic shared memory). The simple one keeps two
+/// stages of K/V (1 KB alignment slack + Q + 4 x 32 KB); the pipelined one three (225 KB).
+const HOPPER_KERNELS: [(&str, u32); 2] = [
+    ("flash_attention_wgmma_pipelined_bf16", 1024 + 7 * 32 * 1024),
+    ("flash_attention_wgmma_bf16", 1024 + 5 * 32 * 1024),
+];
+
 pub(crate) struct Kernels {
     pub ln_modulate: CudaFunction,
+    pub ln_modulate_vec: CudaFunction,
+    pub gated_residual_vec: CudaFunction,
     pub rms_norm_rope: CudaFunction,
     pub gated_residual: CudaFunction,
     pub gelu_tanh: CudaFunction,
     pub silu: CudaFunction,
     pub flash_attention: CudaFunction,
+    /// The fastest wgmma kernel (sm_90a only) that passed the start-up self-test against the
+    /// sm_80 tensor-core kernel.
+    pub flash_attention_hopper: Option<HopperAttention>,
+    /// Hopper kernels compiled but not yet tested.
+    hopper_candidates: Vec<HopperAttention>,
     _module: Arc<CudaModule>,
 }
 
@@ -45,6 +66,17 @@ pub(crate) struct Engine {
 }
 
 static TUNED: AtomicBool = AtomicBool::new(true);
+static HOPPER_ATTENTION: AtomicBool = AtomicBool::new(true);
+
+/// Turns the Hopper (wgmma) attention kernel on or off (on by default where it exists); off,
+/// attention runs on the sm_80 tensor-core kernel. For comparing the two.
+pub fn set_hopper_attention(enabled: bool) {
+    HOPPER_ATTENTION.store(enabled, Ordering::SeqCst);
+}
+
+pub(crate) fn hopper_attention() -> bool {
+    HOPPER_ATTENTION.load(Ordering::SeqCst)
+}
 
 /// Turns the tuned CUDA kernels on or off for the whole process (on by default). With them
 /// off, every operation takes the portable burn path: used to compare both on the same inputs.
@@ -58,7 +90,9 @@ pub fn tuned_kernels() -> bool {
 }
 
 fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, String> {
-    let arch = format!("--gpu-architecture=compute_{major}{minor}");
+    // Hopper's warpgroup MMA needs the architecture-specific target (sm_90a).
+    let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
+    let arch = format!("--gpu-architecture=compute_{major}{minor}{suffix}");
     let opts = CompileOptions {
         options: vec![arch, "--std=c++17".into()],
         ..Default::default()
@@ -79,8 +113,26 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
             FLASH_SMEM as i32,
         )
         .map_err(|e| format!("flash attention shared memory: {e:?}"))?;
+    // Absent unless compiled for sm_90a; a kernel whose shared memory cannot be granted is
+    // skipped.
+    let hopper_candidates = HOPPER_KERNELS
+        .iter()
+        .filter_map(|&(name, smem)| {
+            let func = module.load_function(name).ok()?;
+            func.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .ok()?;
+            Some(HopperAttention { func, smem, name })
+        })
+        .collect();
     Ok(Kernels {
+        flash_attention_hopper: None,
+        hopper_candidates,
         ln_modulate: f("ln_modulate_bf16")?,
+        ln_modulate_vec: f("ln_modulate_vec_bf16")?,
+        gated_residual_vec: f("gated_residual_vec_bf16")?,
         rms_norm_rope: f("rms_norm_rope_bf16")?,
         gated_residual: f("gated_residual_bf16")?,
         gelu_tanh: f("gelu_tanh_bf16")?,
@@ -105,11 +157,25 @@ impl Engine {
             .new_stream()
             .map_err(|e| format!("CUDA stream: {e:?}"))?;
         let gemm = Gemm::new(stream.clone())?;
-        let kernels = if major >= 8 {
+        let mut kernels = if major >= 8 {
             Some(compile(&ctx, major, minor)?)
         } else {
             None
         };
+        if let Some(k) = kernels.as_mut() {
+            for candidate in std::mem::take(&mut k.hopper_candidates) {
+                if k.flash_attention_hopper.is_some() {
+                    break;
+                }
+                match self_test_hopper(&stream, k, &candidate) {
+                    Ok(()) => k.flash_attention_hopper = Some(candidate),
+                    Err(e) => eprintln!(
+                        "framepack: attention kernel {} disabled ({e})",
+                        candidate.name
+                    ),
+                }
+            }
+        }
         Ok(Self {
             stream,
             gemm,
@@ -145,4 +211,98 @@ pub fn device_report(index: usize) -> Option<(String, usize, usize)> {
     ctx.bind_to_thread().ok()?;
     let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
     Some((name, total - free, total))
+}
+
+/// Runs the Hopper attention kernel and the sm_80 kernel on the same random problem (edges
+/// included) and fails unless they agree to bf16 precision.
+fn self_test_hopper(
+    stream: &Arc<CudaStream>,
+    k: &Kernels,
+    hopper: &HopperAttention,
+) -> Result<(), String> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let (heads, seq_q, seq_k) = (2usize, 300usize, 333usize);
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut random = |n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0;
+                (v.to_bits() >> 16) as u16
+            })
+            .collect()
+    };
+    let e = |what: &str, err: cudarc::driver::DriverError| format!("{what}: {err:?}");
+    let q = stream
+        .clone_htod(&random(seq_q * heads * 128))
+        .map_err(|x| e("upload", x))?;
+    let kk = stream
+        .clone_htod(&random(seq_k * heads * 128))
+        .map_err(|x| e("upload", x))?;
+    let v = stream
+        .clone_htod(&random(seq_k * heads * 128))
+        .map_err(|x| e("upload", x))?;
+    let mut outputs = Vec::new();
+    for (func, smem) in [
+        (&k.flash_attention, FLASH_SMEM),
+        (&hopper.func, hopper.smem),
+    ] {
+        let mut out = stream
+            .alloc_zeros::<u16>(seq_q * heads * 128)
+            .map_err(|x| e("alloc", x))?;
+        let cfg = LaunchConfig {
+            grid_dim: (seq_q.div_ceil(128) as u32, heads as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let (sq, sk, h) = (seq_q as i32, seq_k as i32, heads as i32);
+        let scale = std::f32::consts::LOG2_E / 128f32.sqrt();
+        let mut launch = stream.launch_builder(func);
+        launch
+            .arg(&q)
+            .arg(&kk)
+            .arg(&v)
+            .arg(&mut out)
+            .arg(&sq)
+            .arg(&sk)
+            .arg(&h)
+            .arg(&scale);
+        // SAFETY: buffers of the sizes the kernel reads and writes for these arguments.
+        unsafe { launch.launch(cfg) }.map_err(|x| e("launch", x))?;
+        outputs.push(stream.clone_dtoh(&out).map_err(|x| e("download", x))?);
+    }
+    let f = |b: u16| f32::from_bits((b as u32) << 16) as f64;
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (a, b) in outputs[0].iter().zip(&outputs[1]) {
+        let (a, b) = (f(*a), f(*b));
+        if !b.is_finite() {
+            return Err("non-finite output".into());
+        }
+        diff += (a - b) * (a - b);
+        norm += a * a;
+    }
+    let err = (diff / norm.max(1e-30)).sqrt();
+    if err > 1e-2 {
+        return Err(format!("relative L2 {err:.3e} against the sm_80 kernel"));
+    }
+    Ok(())
+}
+
+/// A one-line description of the tuned path on device `index` (for logs and benchmarks).
+pub fn engine_summary(index: usize) -> String {
+    match engine(index) {
+        None => "portable burn kernels (tuned CUDA path unavailable)".into(),
+        Some(e) => match &e.kernels {
+            None => "cuBLASLt GEMMs, portable kernels (GPU older than sm_80)".into(),
+            Some(k) => format!(
+                "cuBLASLt GEMMs + NVRTC kernels, attention: {}",
+                match &k.flash_attention_hopper {
+                    Some(h) if hopper_attention() => h.name,
+                    _ => "flash_attention_fwd_bf16 (mma.sync, sm_80)",
+                }
+            ),
+        },
+    }
 }

@@ -52,7 +52,12 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     c: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's other candidates, timed on the first call of the shape.
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
+
+/// How many algorithms the heuristic is asked for; the fastest on the real operands wins.
+const CANDIDATES: usize = 8;
 
 // SAFETY: the descriptors are plain host objects owned by the plan; they are only used while
 // the `Gemm` mutex is held.
@@ -164,6 +169,7 @@ impl Gemm {
             c,
             // SAFETY: a plain-old-data struct, filled by the heuristic below.
             algo: unsafe { std::mem::zeroed() },
+            candidates: Vec::new(),
         };
         let transpose: i32 = 1;
         let epilogue = match key.epilogue {
@@ -220,12 +226,37 @@ impl Gemm {
                 ] {
                     set_pref(attr, &align as *const u32 as *const c_void, size_of::<u32>())?;
                 }
-                lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
+                let mut results: [sys::cublasLtMatmulHeuristicResult_t; CANDIDATES] =
+                    std::mem::zeroed();
+                let mut count: i32 = 0;
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    desc,
+                    a,
+                    b,
+                    c,
+                    c,
+                    pref,
+                    CANDIDATES as i32,
+                    results.as_mut_ptr(),
+                    &mut count,
+                )
+                .result()?;
+                Ok(results[..count.max(0) as usize]
+                    .iter()
+                    .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                    .map(|r| r.algo)
+                    .collect::<Vec<_>>())
             })();
             let _ = lt::destroy_matmul_pref(pref);
-            plan.algo = result
-                .map_err(|e| err("no algorithm for this shape", e))?
-                .algo;
+            let algos = result.map_err(|e| err("heuristic", e))?;
+            plan.algo = *algos.first().ok_or_else(|| {
+                format!(
+                    "cuBLASLt has no algorithm for {}x{}x{}",
+                    key.m, key.n, key.k
+                )
+            })?;
+            plan.candidates = algos;
         }
         Ok(plan)
     }
@@ -247,10 +278,54 @@ impl Gemm {
             .lock()
             .map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
         if !plans.contains_key(&key) {
-            let plan = self.plan(key)?;
+            let mut plan = self.plan(key)?;
+            self.autotune(&mut plan, call)?;
             plans.insert(key, plan);
         }
         let plan = &plans[&key];
+        self.launch(plan, &plan.algo, call)
+    }
+
+    /// Times every candidate algorithm on the call's own operands (a few milliseconds, once
+    /// per shape) and keeps the fastest: the heuristic's first guess is not always the best
+    /// for the transformer's shapes.
+    fn autotune(&self, plan: &mut Plan, call: &GemmCall) -> Result<(), String> {
+        if plan.candidates.len() < 2 || std::env::var_os("FRAMEPACK_GEMM_NO_AUTOTUNE").is_some() {
+            return Ok(());
+        }
+        let sync = || {
+            self.stream
+                .synchronize()
+                .map_err(|e| format!("cuBLASLt autotune: {e:?}"))
+        };
+        let mut best = (f64::INFINITY, plan.algo);
+        for algo in &plan.candidates {
+            // An algorithm that refuses these operands is simply skipped.
+            if self.launch(plan, algo, call).is_err() {
+                continue;
+            }
+            sync()?;
+            let start = std::time::Instant::now();
+            for _ in 0..3 {
+                self.launch(plan, algo, call)?;
+            }
+            sync()?;
+            let elapsed = start.elapsed().as_secs_f64();
+            if elapsed < best.0 {
+                best = (elapsed, *algo);
+            }
+        }
+        plan.algo = best.1;
+        Ok(())
+    }
+
+    /// Enqueues the product with `algo`.
+    fn launch(
+        &self,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        call: &GemmCall,
+    ) -> Result<(), String> {
         let (alpha, beta) = (1f32, 0f32);
         let (workspace, _record) = self.workspace.device_ptr(&self.stream);
         // SAFETY: pointers come from live allocations of the right sizes (checked by the
@@ -278,7 +353,7 @@ impl Gemm {
                 plan.c,
                 call.out as *mut c_void,
                 plan.c,
-                &plan.algo,
+                algo,
                 workspace as *mut c_void,
                 32 << 20,
                 self.stream.cu_stream() as *mut _,

@@ -69,7 +69,8 @@ extern "C" __global__ void ln_modulate_bf16(const bf16_t* __restrict__ x, const 
 // RMSNorm over each head (fp32 statistic, rounded, times the weight) fused with the interleaved
 // 3D RoPE on the first rope_tokens tokens of every sequence:
 //   y = bf16(bf16(x * rsqrt(mean(x^2) + eps)) * w);  out = bf16(y*cos + rot(y)*sin)
-// x/out: [batch, seq, heads, head_dim]; cos/sin: [rope_tokens, head_dim] fp32. One warp per head.
+// x/out: [batch, seq, heads, head_dim] with head_dim % 4 == 0; cos/sin: [rope_tokens, head_dim]
+// fp32. One warp per head.
 extern "C" __global__ void rms_norm_rope_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
                                               const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                                               bf16_t* __restrict__ out, int rows, int seq, int heads, int head_dim,
@@ -78,30 +79,39 @@ extern "C" __global__ void rms_norm_rope_bf16(const bf16_t* __restrict__ x, cons
     int lane = threadIdx.x & 31;
     if (warp >= rows) return;
     int token = (warp / heads) % seq;
-    const u32* xr = reinterpret_cast<const u32*>(x + (size_t)warp * head_dim);
-    u32* orow = reinterpret_cast<u32*>(out + (size_t)warp * head_dim);
-    int pairs = head_dim / 2;
+    const bf16_t* xr = x + (size_t)warp * head_dim;
+    bf16_t* orow = out + (size_t)warp * head_dim;
+    // Lanes own groups of 4 elements (two rotation pairs), read and written 8 bytes at a time.
+    int groups = head_dim / 4;
     float sq = 0.f;
-    for (int p = lane; p < pairs; p += 32) {
-        u32 v = xr[p];
-        float a = bf2f((bf16_t)(v & 0xffffu)), c = bf2f((bf16_t)(v >> 16));
-        sq += a * a + c * c;
+    for (int q = lane; q < groups; q += 32) {
+        uint2 v = reinterpret_cast<const uint2*>(xr)[q];
+        float a = bf2f((bf16_t)(v.x & 0xffffu)), b = bf2f((bf16_t)(v.x >> 16));
+        float c = bf2f((bf16_t)(v.y & 0xffffu)), d = bf2f((bf16_t)(v.y >> 16));
+        sq += a * a + b * b + c * c + d * d;
     }
     float rstd = rsqrtf(warp_sum(sq) / head_dim + eps);
     bool rope = token < rope_tokens;
-    for (int p = lane; p < pairs; p += 32) {
-        u32 v = xr[p];
-        float w0 = bf2f(weight[2 * p]), w1 = bf2f(weight[2 * p + 1]);
-        float y0 = round_bf(round_bf(bf2f((bf16_t)(v & 0xffffu)) * rstd) * w0);
-        float y1 = round_bf(round_bf(bf2f((bf16_t)(v >> 16)) * rstd) * w1);
+    for (int q = lane; q < groups; q += 32) {
+        uint2 v = reinterpret_cast<const uint2*>(xr)[q];
+        float in[4] = {bf2f((bf16_t)(v.x & 0xffffu)), bf2f((bf16_t)(v.x >> 16)), bf2f((bf16_t)(v.y & 0xffffu)),
+                       bf2f((bf16_t)(v.y >> 16))};
+        float y[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) y[i] = round_bf(round_bf(in[i] * rstd) * bf2f(weight[4 * q + i]));
         if (rope) {
-            size_t t = (size_t)token * head_dim + 2 * p;
-            float r0 = y0 * cos_t[t] + (-y1) * sin_t[t];
-            float r1 = y1 * cos_t[t + 1] + y0 * sin_t[t + 1];
-            y0 = r0;
-            y1 = r1;
+            size_t t = (size_t)token * head_dim + 4 * q;
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                float y0 = y[2 * p], y1 = y[2 * p + 1];
+                y[2 * p] = y0 * cos_t[t + 2 * p] + (-y1) * sin_t[t + 2 * p];
+                y[2 * p + 1] = y1 * cos_t[t + 2 * p + 1] + y0 * sin_t[t + 2 * p + 1];
+            }
         }
-        orow[p] = pack_bf16x2(y0, y1);
+        uint2 o;
+        o.x = pack_bf16x2(y[0], y[1]);
+        o.y = pack_bf16x2(y[2], y[3]);
+        reinterpret_cast<uint2*>(orow)[q] = o;
     }
 }
 
@@ -137,6 +147,89 @@ extern "C" __global__ void silu_bf16(const bf16_t* __restrict__ x, bf16_t* __res
     for (; i < n; i += stride) {
         float v = bf2f(x[i]);
         out[i] = f2bf(v / (1.f + expf(-v)));
+    }
+}
+
+
+// Vectorised LayerNorm + modulation for dim % 256 == 0 (dim / 8 threads per row, one 16-byte
+// chunk each, the row held in registers): same arithmetic as ln_modulate_bf16.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    v = warp_sum(v);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < warps; ++w) total += red[w];
+    return total;
+}
+
+__device__ __forceinline__ void unpack8(uint4 raw, float* v) {
+    u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        v[2 * i] = bf2f((bf16_t)(w[i] & 0xffffu));
+        v[2 * i + 1] = bf2f((bf16_t)(w[i] >> 16));
+    }
+}
+
+extern "C" __global__ void ln_modulate_vec_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ shift,
+                                                const bf16_t* __restrict__ scale, bf16_t* __restrict__ out,
+                                                int rows_per_batch, int dim, float eps, int has_mod) {
+    __shared__ float red[32];
+    const int row = blockIdx.x, tid = threadIdx.x;
+    const size_t base = (size_t)row * dim;
+    float v[8];
+    unpack8(reinterpret_cast<const uint4*>(x + base)[tid], v);
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum += v[i];
+    const float mean = block_sum(sum, red) / dim;
+    float sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sq += (v[i] - mean) * (v[i] - mean);
+    const float rstd = rsqrtf(block_sum(sq, red) / dim + eps);
+    float y[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) y[i] = round_bf((v[i] - mean) * rstd);
+    if (has_mod) {
+        const size_t mb = (size_t)(row / rows_per_batch) * dim;
+        float sh[8], sc[8];
+        unpack8(reinterpret_cast<const uint4*>(shift + mb)[tid], sh);
+        unpack8(reinterpret_cast<const uint4*>(scale + mb)[tid], sc);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) y[i] = round_bf(y[i] * round_bf(1.f + sc[i])) + sh[i];
+    }
+    uint4 o;
+    o.x = pack_bf16x2(y[0], y[1]);
+    o.y = pack_bf16x2(y[2], y[3]);
+    o.z = pack_bf16x2(y[4], y[5]);
+    o.w = pack_bf16x2(y[6], y[7]);
+    reinterpret_cast<uint4*>(out + base)[tid] = o;
+}
+
+// Vectorised gated residual for dim % 8 == 0: 8 elements per thread.
+extern "C" __global__ void gated_residual_vec_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ gate,
+                                                   const bf16_t* __restrict__ y, bf16_t* __restrict__ out,
+                                                   long long chunks, int dim, long long per_batch) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (; c < chunks; c += stride) {
+        long long i = c * 8;
+        long long b = i / per_batch;
+        int col = (int)(i % dim);
+        float xv[8], yv[8], gv[8], r[8];
+        unpack8(reinterpret_cast<const uint4*>(x)[c], xv);
+        unpack8(reinterpret_cast<const uint4*>(y)[c], yv);
+        unpack8(*reinterpret_cast<const uint4*>(gate + b * dim + col), gv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) r[k] = xv[k] + round_bf(yv[k] * gv[k]);
+        uint4 o;
+        o.x = pack_bf16x2(r[0], r[1]);
+        o.y = pack_bf16x2(r[2], r[3]);
+        o.z = pack_bf16x2(r[4], r[5]);
+        o.w = pack_bf16x2(r[6], r[7]);
+        reinterpret_cast<uint4*>(out)[c] = o;
     }
 }
 
@@ -370,3 +463,401 @@ flash_attention_fwd_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict_
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Flash attention forward for Hopper (sm_90a): the same algorithm as above, with the two
+// products on warpgroup MMA (wgmma) reading Q, K and V straight from shared memory.
+// A CTA owns 128 query rows: two warpgroups of 64 rows. Keys stream in tiles of 128, double
+// buffered with cp.async. Tiles are stored in the canonical 128-byte-swizzle layout wgmma reads:
+// each 128-row x 128-dim tile as two 64-dim halves of 128-byte rows, 16-byte chunk c of row r
+// at chunk c ^ (r % 8). Q and K are read K-major; V, stored the same way, is read MN-major
+// (transposed) for O += P V. P never leaves the registers: the S accumulators of keys
+// 16j..16j+15 are exactly the A fragment of k-step j.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+#define WG_BN 128
+#define WG_TILE 32768
+#define WG_SMEM (1024 + 5 * WG_TILE)
+
+// S += A(smem) * B(smem): m64n128k16, bf16 in, fp32 accumulators (64 per thread).
+__device__ __forceinline__ void wgmma_ss_m64n128(float (&d)[64], unsigned long long desc_a, unsigned long long desc_b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// O += A(registers) * B(smem, MN-major so transposed): m64n128k16.
+__device__ __forceinline__ void wgmma_rs_m64n128_tb(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b));
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Shared-memory matrix descriptor: 128-byte swizzle, byte offsets LBO and SBO.
+__device__ __forceinline__ unsigned long long smem_desc(u32 addr, u32 lbo, u32 sbo) {
+    unsigned long long d = (unsigned long long)((addr & 0x3FFFF) >> 4);
+    d |= (unsigned long long)((lbo >> 4) & 0x3FFF) << 16;
+    d |= (unsigned long long)((sbo >> 4) & 0x3FFF) << 32;
+    d |= 1ull << 62;
+    return d;
+}
+
+// Byte offset of 16-byte chunk `chunk` (0..15) of row `row` in a swizzled 128-row tile.
+__device__ __forceinline__ u32 sw128(int row, int chunk) {
+    return (u32)((chunk >> 3) * 16384 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+__device__ __forceinline__ void load_tile_sw(u32 smem, const bf16_t* base, int row0, int seq, long long row_stride) {
+    for (int c = threadIdx.x; c < 128 * 16; c += FA_THREADS) {
+        int r = c >> 4, chunk = c & 15;
+        int row = row0 + r;
+        bool valid = row < seq;
+        const bf16_t* src = base + (long long)(valid ? row : 0) * row_stride + chunk * 8;
+        cp_async16(smem + sw128(r, chunk), src, valid);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
+flash_attention_wgmma_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+                           bf16_t* __restrict__ o, int seq_q, int seq_k, int heads, float scale_log2) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    unsigned char* smem = smem_raw + (base - smem_u32(smem_raw));
+    const u32 sq = base;                       // Q: 32 KB
+    const u32 sk = base + WG_TILE;             // K: 2 stages of 32 KB
+    const u32 sv = base + 3 * WG_TILE;         // V: 2 stages of 32 KB
+
+    const int wg = threadIdx.x >> 7;           // warpgroup: rows 64*wg ..
+    const int wi = (threadIdx.x >> 5) & 3;     // warp in the warpgroup: 16 rows each
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int head = blockIdx.y, batch = blockIdx.z;
+    const int q0 = blockIdx.x * FA_BM;
+    const long long row_stride = (long long)heads * FA_D;
+    const bf16_t* qb = q + ((long long)batch * seq_q * heads + head) * FA_D;
+    const bf16_t* kb = k + ((long long)batch * seq_k * heads + head) * FA_D;
+    const bf16_t* vb = v + ((long long)batch * seq_k * heads + head) * FA_D;
+    bf16_t* ob = o + ((long long)batch * seq_q * heads + head) * FA_D;
+
+    const int tiles = (seq_k + WG_BN - 1) / WG_BN;
+    load_tile_sw(sq, qb, q0, seq_q, row_stride);
+    load_tile_sw(sk, kb, 0, seq_k, row_stride);
+    load_tile_sw(sv, vb, 0, seq_k, row_stride);
+    cp_async_commit();
+
+    float o_acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o_acc[i] = 0.f;
+    float row_max[2] = {NEG_INF, NEG_INF};
+    float row_sum[2] = {0.f, 0.f};
+
+    for (int tile = 0; tile < tiles; ++tile) {
+        const int stage = tile & 1;
+        if (tile + 1 < tiles) {
+            const int next = (tile + 1) & 1;
+            load_tile_sw(sk + next * WG_TILE, kb, (tile + 1) * WG_BN, seq_k, row_stride);
+            load_tile_sw(sv + next * WG_TILE, vb, (tile + 1) * WG_BN, seq_k, row_stride);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_async_smem();
+        __syncthreads();
+
+        // S = Q K^T: 64 rows x 128 keys per warpgroup, 8 k-steps over the head dimension.
+        float s[64];
+        const u32 ks = sk + stage * WG_TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int step = 0; step < 8; ++step) {
+            const u32 half = (step >> 2) * 16384, kofs = (step & 3) * 32;
+            unsigned long long da = smem_desc(sq + half + wg * 64 * 128 + kofs, 16, 1024);
+            unsigned long long db = smem_desc(ks + half + kofs, 16, 1024);
+            wgmma_ss_m64n128(s, da, db, step > 0);
+        }
+        wgmma_commit();
+        wgmma_wait0();
+
+        if ((tile + 1) * WG_BN > seq_k) {
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                int col = tile * WG_BN + j * 8 + 2 * t;
+                if (col >= seq_k) { s[4 * j] = NEG_INF; s[4 * j + 2] = NEG_INF; }
+                if (col + 1 >= seq_k) { s[4 * j + 1] = NEG_INF; s[4 * j + 3] = NEG_INF; }
+            }
+        }
+        float tile_max[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            tile_max[0] = fmaxf(tile_max[0], fmaxf(s[4 * j], s[4 * j + 1]));
+            tile_max[1] = fmaxf(tile_max[1], fmaxf(s[4 * j + 2], s[4 * j + 3]));
+        }
+        float corr[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+            float new_max = fmaxf(row_max[h], tile_max[h] * scale_log2);
+            corr[h] = fast_exp2(row_max[h] - new_max);
+            row_max[h] = new_max;
+            row_sum[h] *= corr[h];
+        }
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            o_acc[4 * j] *= corr[0]; o_acc[4 * j + 1] *= corr[0];
+            o_acc[4 * j + 2] *= corr[1]; o_acc[4 * j + 3] *= corr[1];
+        }
+        u32 p[32];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            float p0 = fast_exp2(s[4 * j] * scale_log2 - row_max[0]);
+            float p1 = fast_exp2(s[4 * j + 1] * scale_log2 - row_max[0]);
+            float p2 = fast_exp2(s[4 * j + 2] * scale_log2 - row_max[1]);
+            float p3 = fast_exp2(s[4 * j + 3] * scale_log2 - row_max[1]);
+            row_sum[0] += p0 + p1;
+            row_sum[1] += p2 + p3;
+            p[2 * j] = pack_bf16x2(p0, p1);
+            p[2 * j + 1] = pack_bf16x2(p2, p3);
+        }
+
+        // O += P V: 8 k-steps of 16 keys; A fragment of step j = S column groups 2j, 2j+1.
+        const u32 vs = sv + stage * WG_TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            unsigned long long db = smem_desc(vs + j * 16 * 128, 16384, 1024);
+            wgmma_rs_m64n128_tb(o_acc, p[4 * j], p[4 * j + 1], p[4 * j + 2], p[4 * j + 3], db);
+        }
+        wgmma_commit();
+        wgmma_wait0();
+        __syncthreads();
+    }
+
+    // Normalise and write through shared memory (this warp's own rows of the Q tile).
+    float inv[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float l = row_sum[h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        inv[h] = 1.f / l;
+    }
+    const int r0 = wg * 64 + wi * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        *reinterpret_cast<u32*>(smem + sw128(r0, j) + 4 * t) = pack_bf16x2(o_acc[4 * j] * inv[0], o_acc[4 * j + 1] * inv[0]);
+        *reinterpret_cast<u32*>(smem + sw128(r1, j) + 4 * t) = pack_bf16x2(o_acc[4 * j + 2] * inv[1], o_acc[4 * j + 3] * inv[1]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        int c = i * 32 + lane;
+        int r = wg * 64 + wi * 16 + (c >> 4), chunk = c & 15;
+        int row = q0 + r;
+        if (row < seq_q) {
+            uint4 val = *reinterpret_cast<const uint4*>(smem + sw128(r, chunk));
+            *reinterpret_cast<uint4*>(ob + (long long)row * row_stride + chunk * 8) = val;
+        }
+    }
+}
+// Pipelined variant (FA3's intra-warpgroup overlap): while the CUDA cores run the softmax of
+// key tile j, the tensor cores compute S for tile j+1 and P V of tile j-1. Three shared-memory
+// stages keep tile j+2 loading meanwhile.
+#define WG_STAGES 3
+#define WG_SMEM_PIPELINED (1024 + (1 + 2 * WG_STAGES) * WG_TILE)
+
+
+__device__ __forceinline__ void issue_scores(float (&s)[64], u32 sq, u32 ks, int wg) {
+    wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < 8; ++step) {
+        const u32 half = (step >> 2) * 16384, kofs = (step & 3) * 32;
+        unsigned long long da = smem_desc(sq + half + wg * 64 * 128 + kofs, 16, 1024);
+        unsigned long long db = smem_desc(ks + half + kofs, 16, 1024);
+        wgmma_ss_m64n128(s, da, db, step > 0);
+    }
+    wgmma_commit();
+}
+
+
+// Online-softmax update for one 64x128 score tile: new running maxima (log2 units), old sums
+// scaled by the correction factors, which are returned for rescaling O.
+__device__ __forceinline__ void softmax_tile(const float (&s)[64], float (&row_max)[2], float (&row_sum)[2],
+                                             float (&corr)[2], float scale_log2) {
+    float tile_max[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        tile_max[0] = fmaxf(tile_max[0], fmaxf(s[4 * j], s[4 * j + 1]));
+        tile_max[1] = fmaxf(tile_max[1], fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        float new_max = fmaxf(row_max[h], tile_max[h] * scale_log2);
+        corr[h] = fast_exp2(row_max[h] - new_max);
+        row_max[h] = new_max;
+        row_sum[h] *= corr[h];
+    }
+}
+
+// Rescales O by the correction factors and turns the scores into bf16 probabilities, packed
+// as the A fragments of P V.
+__device__ __forceinline__ void rescale_and_pack(const float (&s)[64], float (&o_acc)[64], u32 (&p)[32],
+                                                 const float (&row_max)[2], const float (&corr)[2],
+                                                 float scale_log2, float (&row_sum)[2]) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        o_acc[4 * j] *= corr[0]; o_acc[4 * j + 1] *= corr[0];
+        o_acc[4 * j + 2] *= corr[1]; o_acc[4 * j + 3] *= corr[1];
+    }
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        float p0 = fast_exp2(s[4 * j] * scale_log2 - row_max[0]);
+        float p1 = fast_exp2(s[4 * j + 1] * scale_log2 - row_max[0]);
+        float p2 = fast_exp2(s[4 * j + 2] * scale_log2 - row_max[1]);
+        float p3 = fast_exp2(s[4 * j + 3] * scale_log2 - row_max[1]);
+        row_sum[0] += p0 + p1;
+        row_sum[1] += p2 + p3;
+        p[2 * j] = pack_bf16x2(p0, p1);
+        p[2 * j + 1] = pack_bf16x2(p2, p3);
+    }
+}
+
+__device__ __forceinline__ void issue_pv(float (&o_acc)[64], const u32 (&p)[32], u32 vs) {
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        unsigned long long db = smem_desc(vs + j * 16 * 128, 16384, 1024);
+        wgmma_rs_m64n128_tb(o_acc, p[4 * j], p[4 * j + 1], p[4 * j + 2], p[4 * j + 3], db);
+    }
+    wgmma_commit();
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
+flash_attention_wgmma_pipelined_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
+                                     const bf16_t* __restrict__ v, bf16_t* __restrict__ o, int seq_q, int seq_k,
+                                     int heads, float scale_log2) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    unsigned char* smem = smem_raw + (base - smem_u32(smem_raw));
+    const u32 sq = base;
+    const u32 sk = base + WG_TILE;                       // K: 3 stages
+    const u32 sv = base + (1 + WG_STAGES) * WG_TILE;     // V: 3 stages
+
+    const int wg = threadIdx.x >> 7;
+    const int wi = (threadIdx.x >> 5) & 3;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int head = blockIdx.y, batch = blockIdx.z;
+    const int q0 = blockIdx.x * FA_BM;
+    const long long row_stride = (long long)heads * FA_D;
+    const bf16_t* qb = q + ((long long)batch * seq_q * heads + head) * FA_D;
+    const bf16_t* kb = k + ((long long)batch * seq_k * heads + head) * FA_D;
+    const bf16_t* vb = v + ((long long)batch * seq_k * heads + head) * FA_D;
+    bf16_t* ob = o + ((long long)batch * seq_q * heads + head) * FA_D;
+    const int tiles = (seq_k + WG_BN - 1) / WG_BN;
+
+    // Prologue: Q and tile 0, then tile 1; S of tile 0.
+    load_tile_sw(sq, qb, q0, seq_q, row_stride);
+    load_tile_sw(sk, kb, 0, seq_k, row_stride);
+    load_tile_sw(sv, vb, 0, seq_k, row_stride);
+    cp_async_commit();
+    if (tiles > 1) {
+        load_tile_sw(sk + WG_TILE, kb, WG_BN, seq_k, row_stride);
+        load_tile_sw(sv + WG_TILE, vb, WG_BN, seq_k, row_stride);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_async_smem();
+    __syncthreads();
+
+    float s_cur[64], s_next[64], o_acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o_acc[i] = 0.f;
+    float row_max[2] = {NEG_INF, NEG_INF};
+    float row_sum[2] = {0.f, 0.f};
+    u32 p[32];
+    float corr[2];
+    issue_scores(s_cur, sq, sk, wg);
+    wgmma_wait0();
+
+    // Steady state (every tile but the last): S of tile j+1 overlaps the softmax of tile j.
+    // The loop body has no wgmma under a branch, so ptxas can keep the groups asynchronous.
+    for (int tile = 0; tile + 1 < tiles; ++tile) {
+        // Tile j+1 has landed, and every thread is past iteration j-1 (whose P V read the
+        // stage that tile j+2 now overwrites).
+        cp_async_wait<0>();
+        fence_async_smem();
+        __syncthreads();
+        if (tile + 2 < tiles) {
+            const int st = (tile + 2) % WG_STAGES;
+            load_tile_sw(sk + st * WG_TILE, kb, (tile + 2) * WG_BN, seq_k, row_stride);
+            load_tile_sw(sv + st * WG_TILE, vb, (tile + 2) * WG_BN, seq_k, row_stride);
+        }
+        cp_async_commit();
+        issue_scores(s_next, sq, sk + ((tile + 1) % WG_STAGES) * WG_TILE, wg);
+        softmax_tile(s_cur, row_max, row_sum, corr, scale_log2);
+        // S of the next tile and P V of the previous one are done: O and P may change.
+        // (wait_group 0, not 1: ptxas cannot tell which group a partial wait retired and
+        // would serialise every wgmma.) P V of this tile then overlaps the next iteration's
+        // barrier, prefetch and softmax.
+        wgmma_wait0();
+        rescale_and_pack(s_cur, o_acc, p, row_max, corr, scale_log2, row_sum);
+        issue_pv(o_acc, p, sv + (tile % WG_STAGES) * WG_TILE);
+#pragma unroll
+        for (int i = 0; i < 64; ++i) s_cur[i] = s_next[i];
+    }
+    // Last tile: mask keys past the end, no further prefetch.
+    {
+        const int tile = tiles - 1;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            int col = tile * WG_BN + j * 8 + 2 * t;
+            if (col >= seq_k) { s_cur[4 * j] = NEG_INF; s_cur[4 * j + 2] = NEG_INF; }
+            if (col + 1 >= seq_k) { s_cur[4 * j + 1] = NEG_INF; s_cur[4 * j + 3] = NEG_INF; }
+        }
+        softmax_tile(s_cur, row_max, row_sum, corr, scale_log2);
+        wgmma_wait0();
+        rescale_and_pack(s_cur, o_acc, p, row_max, corr, scale_log2, row_sum);
+        issue_pv(o_acc, p, sv + (tile % WG_STAGES) * WG_TILE);
+    }
+    wgmma_wait0();
+
+    float inv[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float l = row_sum[h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        inv[h] = 1.f / l;
+    }
+    const int r0 = wg * 64 + wi * 16 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        *reinterpret_cast<u32*>(smem + sw128(r0, j) + 4 * t) = pack_bf16x2(o_acc[4 * j] * inv[0], o_acc[4 * j + 1] * inv[0]);
+        *reinterpret_cast<u32*>(smem + sw128(r1, j) + 4 * t) = pack_bf16x2(o_acc[4 * j + 2] * inv[1], o_acc[4 * j + 3] * inv[1]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        int c = i * 32 + lane;
+        int r = wg * 64 + wi * 16 + (c >> 4), chunk = c & 15;
+        int row = q0 + r;
+        if (row < seq_q) {
+            uint4 val = *reinterpret_cast<const uint4*>(smem + sw128(r, chunk));
+            *reinterpret_cast<uint4*>(ob + (long long)row * row_stride + chunk * 8) = val;
+        }
+    }
+}
+#endif

@@ -21,7 +21,9 @@ use cubecl::cuda::CudaRuntime;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 pub use cubecl::cuda::CudaDevice;
-pub use engine::{device_report, set_tuned_kernels, tuned_kernels};
+pub use engine::{
+    device_report, engine_summary, set_hopper_attention, set_tuned_kernels, tuned_kernels,
+};
 
 use crate::ops::{portable, FramePackBackend};
 use engine::{Engine, FLASH_SMEM};
@@ -184,13 +186,17 @@ fn attend_tuned(
     let scale_log2 = std::f32::consts::LOG2_E / (dim as f32).sqrt();
     run(&engine, &device, &[&qp, &kp, &vp, &out], |e, p| {
         let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let (func, smem) = match &kernels.flash_attention_hopper {
+            Some(hopper) if engine::hopper_attention() => (&hopper.func, hopper.smem),
+            _ => (&kernels.flash_attention, FLASH_SMEM),
+        };
         let cfg = LaunchConfig {
             grid_dim: (seq_q.div_ceil(128) as u32, heads as u32, b as u32),
             block_dim: (256, 1, 1),
-            shared_mem_bytes: FLASH_SMEM,
+            shared_mem_bytes: smem,
         };
         let (sq, sk, h) = (seq_q as i32, seq_k as i32, heads as i32);
-        let mut launch = e.stream.launch_builder(&kernels.flash_attention);
+        let mut launch = e.stream.launch_builder(func);
         launch
             .arg(&p[0])
             .arg(&p[1])
@@ -243,10 +249,28 @@ fn layer_norm_tuned<const D: usize>(
         tensors.push(c);
     }
     let has_mod = mods.is_some() as i32;
+    // One 16-byte chunk per thread and the row in registers when the width allows it.
+    let vectorised = dim % 256 == 0 && dim / 8 <= 1024;
     run(&engine, &device, &tensors, |e, p| {
         let kernels = e.kernels.as_ref().ok_or("no kernels")?;
         let (shift, scale) = if has_mod == 1 { (p[2], p[3]) } else { (0, 0) };
         let (r, per_batch, d, eps) = (rows as i32, (rows / batch) as i32, dim as i32, eps as f32);
+        if vectorised && p.iter().all(|ptr| ptr % 16 == 0) {
+            let mut launch = e.stream.launch_builder(&kernels.ln_modulate_vec);
+            launch
+                .arg(&p[0])
+                .arg(&shift)
+                .arg(&scale)
+                .arg(&p[1])
+                .arg(&per_batch)
+                .arg(&d)
+                .arg(&eps)
+                .arg(&has_mod);
+            // SAFETY: contiguous, 16-byte aligned bf16 tensors of the checked shapes; a block per row.
+            return unsafe { launch.launch(grid(rows, (dim / 8) as u32, 0)) }
+                .map(|_| ())
+                .map_err(launch_err);
+        }
         let mut launch = e.stream.launch_builder(&kernels.ln_modulate);
         launch
             .arg(&p[0])
@@ -278,7 +302,7 @@ fn rms_norm_rope_tuned<const D: usize>(
     let dims = x.dims();
     let head_dim = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || head_dim % 2 != 0 || rows == 0 {
+    if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || head_dim % 4 != 0 || rows == 0 {
         return None;
     }
     let (seq, heads) = if D == 4 { (dims[1], dims[2]) } else { (1, 1) };
@@ -358,7 +382,24 @@ fn gated_residual_tuned(
     let n = b * s * d;
     run(&engine, &device, &[&xp, &gp, &yp, &out], |e, p| {
         let kernels = e.kernels.as_ref().ok_or("no kernels")?;
-        let (n64, dim, per_batch) = (n as i64, d as i32, (s * d) as i64);
+        let (dim, per_batch) = (d as i32, (s * d) as i64);
+        if d % 8 == 0 && p.iter().all(|ptr| ptr % 16 == 0) {
+            let chunks = (n / 8) as i64;
+            let mut launch = e.stream.launch_builder(&kernels.gated_residual_vec);
+            launch
+                .arg(&p[0])
+                .arg(&p[1])
+                .arg(&p[2])
+                .arg(&p[3])
+                .arg(&chunks)
+                .arg(&dim)
+                .arg(&per_batch);
+            // SAFETY: contiguous, 16-byte aligned bf16 tensors of the checked shapes.
+            return unsafe { launch.launch(grid(elementwise_blocks(e, n / 8), 256, 0)) }
+                .map(|_| ())
+                .map_err(launch_err);
+        }
+        let n64 = n as i64;
         let mut launch = e.stream.launch_builder(&kernels.gated_residual);
         launch
             .arg(&p[0])
