@@ -1,5 +1,6 @@
 //! The crate's error type.
 
+use crate::lora::LoraError;
 use crate::weights::WeightError;
 
 /// Errors of `framepack-models`.
@@ -8,6 +9,9 @@ pub enum ModelError {
     /// Loading weights failed.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// A LoRA file could not be read or applied.
+    #[error(transparent)]
+    Lora(Box<LoraError>),
     /// A forward call got inputs that do not fit the model or each other.
     #[error("invalid input `{argument}`: {reason}")]
     Input {
@@ -16,6 +20,12 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+impl From<LoraError> for ModelError {
+    fn from(e: LoraError) -> Self {
+        Self::Lora(Box::new(e))
+    }
 }
 
 impl ModelError {

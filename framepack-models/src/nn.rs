@@ -2,6 +2,7 @@
 
 use burn::tensor::{DType, Tensor};
 
+use crate::lora::LowRankAdapter;
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -46,6 +47,86 @@ impl<B: FramePackBackend> Linear<B> {
     /// Output features.
     pub fn out_features(&self) -> usize {
         self.weight.dims()[0]
+    }
+}
+
+/// A [`Linear`] that knows its checkpoint key and can carry a low-rank adapter (LoRA).
+///
+/// The transformer builds all its linear layers as this type so that
+/// [`FramePackTransformer::set_lora_adapters`](crate::transformer::FramePackTransformer::set_lora_adapters)
+/// can find them by key. Without an adapter the forward is exactly [`Linear`]'s.
+#[derive(Debug, Clone)]
+pub struct LoraLinear<B: FramePackBackend> {
+    linear: Linear<B>,
+    /// Checkpoint key without `.weight`.
+    key: String,
+    /// The weight's shape as stored (`[out, in]`, or the kernel of a patch embedding).
+    shape: Vec<usize>,
+    adapter: Option<LowRankAdapter<B>>,
+}
+
+impl<B: FramePackBackend> LoraLinear<B> {
+    /// [`Linear::load`], remembering `prefix` as the layer's key.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let linear = Linear::load(src, prefix, in_features, out_features, bias, dtype)?;
+        Ok(Self::new(linear, prefix, vec![out_features, in_features]))
+    }
+
+    /// Wraps a loaded layer whose weight is stored under `{key}.weight` with `shape`.
+    pub fn new(linear: Linear<B>, key: impl Into<String>, shape: Vec<usize>) -> Self {
+        Self {
+            linear,
+            key: key.into(),
+            shape,
+            adapter: None,
+        }
+    }
+
+    /// `x · Wᵀ + b`, plus the adapter's low-rank update when one is set.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.adapter {
+            None => self.linear.forward(x),
+            Some(adapter) => self.linear.forward(x.clone()) + adapter.forward(x),
+        }
+    }
+
+    /// `GELU_tanh` of [`LoraLinear::forward`] (fused where the backend can, without adapter).
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.adapter {
+            None => self.linear.forward_gelu(x),
+            Some(_) => B::gelu_tanh(self.forward(x)),
+        }
+    }
+
+    /// The base layer.
+    pub fn linear(&self) -> &Linear<B> {
+        &self.linear
+    }
+
+    /// The checkpoint key, without `.weight`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The weight's stored shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The adapter, if one is set.
+    pub fn adapter(&self) -> Option<&LowRankAdapter<B>> {
+        self.adapter.as_ref()
+    }
+
+    pub(crate) fn set_adapter(&mut self, adapter: Option<LowRankAdapter<B>>) {
+        self.adapter = adapter;
     }
 }
 
@@ -134,7 +215,7 @@ impl<B: FramePackBackend> RmsNorm<B> {
 /// convolution, and it sends the work through [`FramePackBackend::dense`].
 #[derive(Debug, Clone)]
 pub struct PatchEmbed<B: FramePackBackend> {
-    proj: Linear<B>,
+    proj: LoraLinear<B>,
     kernel: [usize; 3],
 }
 
@@ -155,11 +236,12 @@ impl<B: FramePackBackend> PatchEmbed<B> {
             dtype,
         )?;
         let bias = src.tensor(&join(prefix, "bias"), [out_channels], dtype)?;
+        let linear = Linear {
+            weight: weight.reshape([out_channels, in_channels * kt * kh * kw]),
+            bias: Some(bias),
+        };
         Ok(Self {
-            proj: Linear {
-                weight: weight.reshape([out_channels, in_channels * kt * kh * kw]),
-                bias: Some(bias),
-            },
+            proj: LoraLinear::new(linear, prefix, vec![out_channels, in_channels, kt, kh, kw]),
             kernel,
         })
     }
@@ -180,5 +262,10 @@ impl<B: FramePackBackend> PatchEmbed<B> {
     /// The patch kernel (= stride) `(t, h, w)`.
     pub fn kernel(&self) -> [usize; 3] {
         self.kernel
+    }
+
+    /// The projection, as a linear layer over flattened patches.
+    pub(crate) fn proj_mut(&mut self) -> &mut LoraLinear<B> {
+        &mut self.proj
     }
 }

@@ -2,7 +2,7 @@
 
 use burn::tensor::{Bool, DType, Tensor};
 
-use crate::nn::{Linear, RmsNorm};
+use crate::nn::{LoraLinear, RmsNorm};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -38,8 +38,8 @@ fn chunk<B: FramePackBackend>(m: &Tensor<B, 2>, i: usize, n: usize) -> Tensor<B,
 /// A feed-forward network `Linear → GELU(tanh) → Linear` (`ff.net.0.proj`, `ff.net.2`).
 #[derive(Debug, Clone)]
 struct GeluFeedForward<B: FramePackBackend> {
-    proj_in: Linear<B>,
-    proj_out: Linear<B>,
+    proj_in: LoraLinear<B>,
+    proj_out: LoraLinear<B>,
 }
 
 impl<B: FramePackBackend> GeluFeedForward<B> {
@@ -51,13 +51,17 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
         dtype: DType,
     ) -> Result<Self, WeightError> {
         Ok(Self {
-            proj_in: Linear::load(src, &join(prefix, "net.0.proj"), hidden, mlp, true, dtype)?,
-            proj_out: Linear::load(src, &join(prefix, "net.2"), mlp, hidden, true, dtype)?,
+            proj_in: LoraLinear::load(src, &join(prefix, "net.0.proj"), hidden, mlp, true, dtype)?,
+            proj_out: LoraLinear::load(src, &join(prefix, "net.2"), mlp, hidden, true, dtype)?,
         })
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.proj_out.forward(self.proj_in.forward_gelu(x))
+    }
+
+    fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([&mut self.proj_in, &mut self.proj_out]);
     }
 }
 
@@ -65,20 +69,20 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
 /// meet only in a joint attention.
 #[derive(Debug, Clone)]
 pub struct DoubleStreamBlock<B: FramePackBackend> {
-    norm1: Linear<B>,
-    norm1_context: Linear<B>,
-    to_q: Linear<B>,
-    to_k: Linear<B>,
-    to_v: Linear<B>,
-    add_q_proj: Linear<B>,
-    add_k_proj: Linear<B>,
-    add_v_proj: Linear<B>,
+    norm1: LoraLinear<B>,
+    norm1_context: LoraLinear<B>,
+    to_q: LoraLinear<B>,
+    to_k: LoraLinear<B>,
+    to_v: LoraLinear<B>,
+    add_q_proj: LoraLinear<B>,
+    add_k_proj: LoraLinear<B>,
+    add_v_proj: LoraLinear<B>,
     norm_q: RmsNorm<B>,
     norm_k: RmsNorm<B>,
     norm_added_q: RmsNorm<B>,
     norm_added_k: RmsNorm<B>,
-    to_out: Linear<B>,
-    to_add_out: Linear<B>,
+    to_out: LoraLinear<B>,
+    to_add_out: LoraLinear<B>,
     ff: GeluFeedForward<B>,
     ff_context: GeluFeedForward<B>,
     heads: usize,
@@ -97,7 +101,7 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         let hidden = heads * head_dim;
         let p = |name: &str| join(prefix, name);
         let lin = |src: &mut S, name: &str, i: usize, o: usize| {
-            Linear::load(src, &p(name), i, o, true, dtype)
+            LoraLinear::load(src, &p(name), i, o, true, dtype)
         };
         Ok(Self {
             norm1: lin(src, "norm1.linear", hidden, 6 * hidden)?,
@@ -118,6 +122,24 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
             ff_context: GeluFeedForward::load(src, &p("ff_context"), hidden, mlp, dtype)?,
             heads,
         })
+    }
+
+    /// The block's linear layers, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([
+            &mut self.norm1,
+            &mut self.norm1_context,
+            &mut self.to_q,
+            &mut self.to_k,
+            &mut self.to_v,
+            &mut self.add_q_proj,
+            &mut self.add_k_proj,
+            &mut self.add_v_proj,
+            &mut self.to_out,
+            &mut self.to_add_out,
+        ]);
+        self.ff.lora_linears(out);
+        self.ff_context.lora_linears(out);
     }
 
     /// The image stream's modulated input `LN(x)·(1+scale_msa)+shift_msa`: the signal
@@ -185,14 +207,14 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
 /// attention and MLP side by side, one output projection (no separate attention output).
 #[derive(Debug, Clone)]
 pub struct SingleStreamBlock<B: FramePackBackend> {
-    norm: Linear<B>,
-    to_q: Linear<B>,
-    to_k: Linear<B>,
-    to_v: Linear<B>,
+    norm: LoraLinear<B>,
+    to_q: LoraLinear<B>,
+    to_k: LoraLinear<B>,
+    to_v: LoraLinear<B>,
     norm_q: RmsNorm<B>,
     norm_k: RmsNorm<B>,
-    proj_mlp: Linear<B>,
-    proj_out: Linear<B>,
+    proj_mlp: LoraLinear<B>,
+    proj_out: LoraLinear<B>,
     heads: usize,
 }
 
@@ -209,16 +231,28 @@ impl<B: FramePackBackend> SingleStreamBlock<B> {
         let hidden = heads * head_dim;
         let p = |name: &str| join(prefix, name);
         Ok(Self {
-            norm: Linear::load(src, &p("norm.linear"), hidden, 3 * hidden, true, dtype)?,
-            to_q: Linear::load(src, &p("attn.to_q"), hidden, hidden, true, dtype)?,
-            to_k: Linear::load(src, &p("attn.to_k"), hidden, hidden, true, dtype)?,
-            to_v: Linear::load(src, &p("attn.to_v"), hidden, hidden, true, dtype)?,
+            norm: LoraLinear::load(src, &p("norm.linear"), hidden, 3 * hidden, true, dtype)?,
+            to_q: LoraLinear::load(src, &p("attn.to_q"), hidden, hidden, true, dtype)?,
+            to_k: LoraLinear::load(src, &p("attn.to_k"), hidden, hidden, true, dtype)?,
+            to_v: LoraLinear::load(src, &p("attn.to_v"), hidden, hidden, true, dtype)?,
             norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
             norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
-            proj_mlp: Linear::load(src, &p("proj_mlp"), hidden, mlp, true, dtype)?,
-            proj_out: Linear::load(src, &p("proj_out"), hidden + mlp, hidden, true, dtype)?,
+            proj_mlp: LoraLinear::load(src, &p("proj_mlp"), hidden, mlp, true, dtype)?,
+            proj_out: LoraLinear::load(src, &p("proj_out"), hidden + mlp, hidden, true, dtype)?,
             heads,
         })
+    }
+
+    /// The block's linear layers, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([
+            &mut self.norm,
+            &mut self.to_q,
+            &mut self.to_k,
+            &mut self.to_v,
+            &mut self.proj_mlp,
+            &mut self.proj_out,
+        ]);
     }
 
     /// Runs the block on the joint sequence `z = [image; text]`; RoPE applies to the first

@@ -3,7 +3,7 @@
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use crate::nn::{Linear, PatchEmbed};
+use crate::nn::{LoraLinear, PatchEmbed};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -44,8 +44,8 @@ pub fn timestep_features_tensor<B: Backend>(
 /// and `PixArtAlphaTextProjection` share this shape.
 #[derive(Debug, Clone)]
 pub struct SiluMlp<B: FramePackBackend> {
-    linear_1: Linear<B>,
-    linear_2: Linear<B>,
+    linear_1: LoraLinear<B>,
+    linear_2: LoraLinear<B>,
 }
 
 impl<B: FramePackBackend> SiluMlp<B> {
@@ -58,7 +58,7 @@ impl<B: FramePackBackend> SiluMlp<B> {
         dtype: DType,
     ) -> Result<Self, WeightError> {
         Ok(Self {
-            linear_1: Linear::load(
+            linear_1: LoraLinear::load(
                 src,
                 &join(prefix, "linear_1"),
                 in_features,
@@ -66,7 +66,7 @@ impl<B: FramePackBackend> SiluMlp<B> {
                 true,
                 dtype,
             )?,
-            linear_2: Linear::load(
+            linear_2: LoraLinear::load(
                 src,
                 &join(prefix, "linear_2"),
                 out_features,
@@ -75,6 +75,11 @@ impl<B: FramePackBackend> SiluMlp<B> {
                 dtype,
             )?,
         })
+    }
+
+    /// The two linear layers, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([&mut self.linear_1, &mut self.linear_2]);
     }
 
     /// Applies the MLP to `x` `[batch, in]`.
@@ -132,6 +137,15 @@ impl<B: FramePackBackend> ConditionEmbedding<B> {
         })
     }
 
+    /// The linear layers of all embedders, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        self.timestep_embedder.lora_linears(out);
+        if let Some(g) = &mut self.guidance_embedder {
+            g.lora_linears(out);
+        }
+        self.text_embedder.lora_linears(out);
+    }
+
     /// `temb` `[batch, hidden]` from per-sample timesteps, guidance values and pooled text.
     /// The sum order `(t + g) + pooled` is FramePack's.
     pub fn forward(
@@ -164,8 +178,8 @@ impl<B: FramePackBackend> ConditionEmbedding<B> {
 /// `image_projection`: SigLIP features (1152) → 3·hidden → SiLU → hidden.
 #[derive(Debug, Clone)]
 pub struct ImageProjection<B: FramePackBackend> {
-    up: Linear<B>,
-    down: Linear<B>,
+    up: LoraLinear<B>,
+    down: LoraLinear<B>,
 }
 
 impl<B: FramePackBackend> ImageProjection<B> {
@@ -178,7 +192,7 @@ impl<B: FramePackBackend> ImageProjection<B> {
         dtype: DType,
     ) -> Result<Self, WeightError> {
         Ok(Self {
-            up: Linear::load(
+            up: LoraLinear::load(
                 src,
                 &join(prefix, "up"),
                 in_features,
@@ -186,8 +200,13 @@ impl<B: FramePackBackend> ImageProjection<B> {
                 true,
                 dtype,
             )?,
-            down: Linear::load(src, &join(prefix, "down"), 3 * hidden, hidden, true, dtype)?,
+            down: LoraLinear::load(src, &join(prefix, "down"), 3 * hidden, hidden, true, dtype)?,
         })
+    }
+
+    /// The two linear layers, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([&mut self.up, &mut self.down]);
     }
 
     /// Projects `[batch, tokens, in]` to `[batch, tokens, hidden]`.
@@ -243,6 +262,15 @@ impl<B: FramePackBackend> CleanLatentEmbedder<B> {
                 dtype,
             )?,
         })
+    }
+
+    /// The three patch projections, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([
+            self.proj.proj_mut(),
+            self.proj_2x.proj_mut(),
+            self.proj_4x.proj_mut(),
+        ]);
     }
 }
 

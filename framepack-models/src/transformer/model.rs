@@ -14,7 +14,7 @@ use super::inputs::TransformerInputs;
 use super::refiner::TokenRefiner;
 use super::rope::{Rope3d, RopeTable};
 use crate::error::ModelError;
-use crate::nn::{Linear, PatchEmbed};
+use crate::nn::{LoraLinear, PatchEmbed};
 use crate::ops::FramePackBackend;
 use crate::weights::{SafetensorsSource, TensorSource, WeightError};
 
@@ -32,8 +32,8 @@ pub struct FramePackTransformer<B: FramePackBackend> {
     image_projection: ImageProjection<B>,
     transformer_blocks: Vec<DoubleStreamBlock<B>>,
     single_transformer_blocks: Vec<SingleStreamBlock<B>>,
-    norm_out: Linear<B>,
-    proj_out: Linear<B>,
+    norm_out: LoraLinear<B>,
+    proj_out: LoraLinear<B>,
     rope: Rope3d,
     rope_cache: Mutex<Option<(RopeKey, Rotary<B>)>>,
 }
@@ -147,8 +147,15 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                         )
                     })
                     .collect::<Result<_, _>>()?,
-                norm_out: Linear::load(src, "norm_out.linear", hidden, 2 * hidden, true, dtype)?,
-                proj_out: Linear::load(
+                norm_out: LoraLinear::load(
+                    src,
+                    "norm_out.linear",
+                    hidden,
+                    2 * hidden,
+                    true,
+                    dtype,
+                )?,
+                proj_out: LoraLinear::load(
                     src,
                     "proj_out",
                     hidden,
@@ -177,21 +184,46 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         dtype: DType,
     ) -> Result<Self, ModelError> {
         let path = path.as_ref();
+        let config = Self::folder_config(path)?;
+        let mut src = SafetensorsSource::open(path, device)?;
+        let model = Self::load(&mut src, config, dtype)?;
+        src.finish(|_| false)?;
+        Ok(model)
+    }
+
+    /// The `config.json` beside `path` (a folder or a file in it), or the published
+    /// configuration when there is none.
+    pub(crate) fn folder_config(path: &Path) -> Result<TransformerConfig, ModelError> {
         let dir = if path.is_dir() {
             path
         } else {
             path.parent().unwrap_or(Path::new("."))
         };
         let config_path = dir.join("config.json");
-        let config = if config_path.is_file() {
+        Ok(if config_path.is_file() {
             TransformerConfig::from_file(&config_path)?
         } else {
             TransformerConfig::framepack()
-        };
-        let mut src = SafetensorsSource::open(path, device)?;
-        let model = Self::load(&mut src, config, dtype)?;
-        src.finish(|_| false)?;
-        Ok(model)
+        })
+    }
+
+    /// Every linear layer (and patch embedding) with its checkpoint key, in load order: where
+    /// [`FramePackTransformer::set_lora_adapters`] attaches LoRA adapters.
+    pub fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
+        let mut out = Vec::new();
+        out.push(self.x_embedder.proj_mut());
+        self.clean_x_embedder.lora_linears(&mut out);
+        self.context_embedder.lora_linears(&mut out);
+        self.time_text_embed.lora_linears(&mut out);
+        self.image_projection.lora_linears(&mut out);
+        for block in &mut self.transformer_blocks {
+            block.lora_linears(&mut out);
+        }
+        for block in &mut self.single_transformer_blocks {
+            block.lora_linears(&mut out);
+        }
+        out.extend([&mut self.norm_out, &mut self.proj_out]);
+        out
     }
 
     /// The configuration.

@@ -4,7 +4,7 @@
 use burn::tensor::{DType, Tensor};
 
 use super::embeddings::ConditionEmbedding;
-use crate::nn::{LayerNorm, Linear};
+use crate::nn::{LayerNorm, LoraLinear};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -15,14 +15,14 @@ const EPS: f64 = 1e-6;
 #[derive(Debug, Clone)]
 pub struct RefinerBlock<B: FramePackBackend> {
     norm1: LayerNorm<B>,
-    to_q: Linear<B>,
-    to_k: Linear<B>,
-    to_v: Linear<B>,
-    to_out: Linear<B>,
+    to_q: LoraLinear<B>,
+    to_k: LoraLinear<B>,
+    to_v: LoraLinear<B>,
+    to_out: LoraLinear<B>,
     norm2: LayerNorm<B>,
-    ff_in: Linear<B>,
-    ff_out: Linear<B>,
-    gates: Linear<B>,
+    ff_in: LoraLinear<B>,
+    ff_out: LoraLinear<B>,
+    gates: LoraLinear<B>,
     heads: usize,
 }
 
@@ -38,16 +38,28 @@ impl<B: FramePackBackend> RefinerBlock<B> {
         let p = |name: &str| join(prefix, name);
         Ok(Self {
             norm1: LayerNorm::load(src, &p("norm1"), hidden, EPS, dtype)?,
-            to_q: Linear::load(src, &p("attn.to_q"), hidden, hidden, true, dtype)?,
-            to_k: Linear::load(src, &p("attn.to_k"), hidden, hidden, true, dtype)?,
-            to_v: Linear::load(src, &p("attn.to_v"), hidden, hidden, true, dtype)?,
-            to_out: Linear::load(src, &p("attn.to_out.0"), hidden, hidden, true, dtype)?,
+            to_q: LoraLinear::load(src, &p("attn.to_q"), hidden, hidden, true, dtype)?,
+            to_k: LoraLinear::load(src, &p("attn.to_k"), hidden, hidden, true, dtype)?,
+            to_v: LoraLinear::load(src, &p("attn.to_v"), hidden, hidden, true, dtype)?,
+            to_out: LoraLinear::load(src, &p("attn.to_out.0"), hidden, hidden, true, dtype)?,
             norm2: LayerNorm::load(src, &p("norm2"), hidden, EPS, dtype)?,
-            ff_in: Linear::load(src, &p("ff.net.0.proj"), hidden, mlp, true, dtype)?,
-            ff_out: Linear::load(src, &p("ff.net.2"), mlp, hidden, true, dtype)?,
-            gates: Linear::load(src, &p("norm_out.linear"), hidden, 2 * hidden, true, dtype)?,
+            ff_in: LoraLinear::load(src, &p("ff.net.0.proj"), hidden, mlp, true, dtype)?,
+            ff_out: LoraLinear::load(src, &p("ff.net.2"), mlp, hidden, true, dtype)?,
+            gates: LoraLinear::load(src, &p("norm_out.linear"), hidden, 2 * hidden, true, dtype)?,
             heads,
         })
+    }
+
+    fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        out.extend([
+            &mut self.to_q,
+            &mut self.to_k,
+            &mut self.to_v,
+            &mut self.to_out,
+            &mut self.ff_in,
+            &mut self.ff_out,
+            &mut self.gates,
+        ]);
     }
 
     fn forward(&self, x: Tensor<B, 3>, temb_silu: Tensor<B, 2>) -> Tensor<B, 3> {
@@ -78,7 +90,7 @@ impl<B: FramePackBackend> RefinerBlock<B> {
 #[derive(Debug, Clone)]
 pub struct TokenRefiner<B: FramePackBackend> {
     time_text_embed: ConditionEmbedding<B>,
-    proj_in: Linear<B>,
+    proj_in: LoraLinear<B>,
     blocks: Vec<RefinerBlock<B>>,
 }
 
@@ -105,7 +117,7 @@ impl<B: FramePackBackend> TokenRefiner<B> {
                 false,
                 dtype,
             )?,
-            proj_in: Linear::load(src, &p("proj_in"), text_dim, hidden, true, dtype)?,
+            proj_in: LoraLinear::load(src, &p("proj_in"), text_dim, hidden, true, dtype)?,
             blocks: (0..layers)
                 .map(|i| {
                     RefinerBlock::load(
@@ -119,6 +131,15 @@ impl<B: FramePackBackend> TokenRefiner<B> {
                 })
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// The refiner's linear layers, for attaching LoRA adapters.
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+        self.time_text_embed.lora_linears(out);
+        out.push(&mut self.proj_in);
+        for block in &mut self.blocks {
+            block.lora_linears(out);
+        }
     }
 
     /// Refines the valid tokens of one sample, `text` `[1, len, text_dim]` (padding already

@@ -95,6 +95,15 @@ pub enum WeightError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A LoRA could not be merged into a weight (see [`crate::lora::LoraError`]).
+    #[error(transparent)]
+    Lora(Box<crate::lora::LoraError>),
+}
+
+impl From<crate::lora::LoraError> for WeightError {
+    fn from(e: crate::lora::LoraError) -> Self {
+        Self::Lora(Box::new(e))
+    }
 }
 
 impl WeightError {
