@@ -3,6 +3,8 @@
 //! - [`transformer`]: the packed HunyuanVideo transformer (12.9 B parameters).
 //! - [`vae`]: HunyuanVideo's causal 3D VAE (encode, reference-exact tiled decode, streamed
 //!   cached decode).
+//! - [`lora`]: LoRA files (kohya/musubi, diffusers, HunyuanVideo names), merged while the
+//!   weights load or kept as switchable adapters.
 //! - [`weights`]: safetensors files and shards, the Hugging Face cache, random and manifest
 //!   sources.
 //! - [`ops`]: the backend-extension trait through which the hot operations run.
@@ -10,8 +12,10 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+pub mod lora;
 pub mod nn;
 pub mod ops;
+pub mod streaming;
 pub mod text;
 pub mod transformer;
 pub mod vae;

@@ -90,6 +90,12 @@ pub trait FramePackBackend: Backend {
         portable::rope::<Self>(x, cos, sin)
     }
 
+    /// The streamer that moves transformer blocks between host and device in the low-VRAM
+    /// mode (see [`crate::streaming`]): by default, synchronous uploads from ordinary memory.
+    fn block_streamer(device: &Self::Device) -> Box<dyn crate::streaming::BlockStreamer<Self>> {
+        Box::new(crate::streaming::PortableStreamer::<Self>::new(device))
+    }
+
     /// LayerNorm without affine parameters (fp32 statistics, eps `eps`) followed by the AdaLN
     /// modulation `· (1 + scale) + shift`: the input of every block's attention and MLP.
     fn layer_norm_modulate(

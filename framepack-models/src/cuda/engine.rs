@@ -57,12 +57,15 @@ pub(crate) struct Kernels {
 /// Everything the tuned operations of one device need.
 pub(crate) struct Engine {
     pub stream: Arc<CudaStream>,
+    /// A second stream for host-to-device weight copies (the low-VRAM mode), so that they
+    /// overlap the compute on `stream`.
+    pub copy_stream: Arc<CudaStream>,
     pub gemm: Gemm,
     /// `None` on GPUs older than compute capability 8.0 (no bf16 tensor cores): GEMMs still
     /// go through cuBLASLt, the other operations take the portable path.
     pub kernels: Option<Kernels>,
     pub multiprocessors: u32,
-    _ctx: Arc<CudaContext>,
+    pub ctx: Arc<CudaContext>,
 }
 
 static TUNED: AtomicBool = AtomicBool::new(true);
@@ -156,6 +159,9 @@ impl Engine {
         let stream = ctx
             .new_stream()
             .map_err(|e| format!("CUDA stream: {e:?}"))?;
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(|e| format!("CUDA stream: {e:?}"))?;
         let gemm = Gemm::new(stream.clone())?;
         let mut kernels = if major >= 8 {
             Some(compile(&ctx, major, minor)?)
@@ -178,10 +184,11 @@ impl Engine {
         }
         Ok(Self {
             stream,
+            copy_stream,
             gemm,
             kernels,
             multiprocessors,
-            _ctx: ctx,
+            ctx,
         })
     }
 }

@@ -10,6 +10,7 @@
 
 mod engine;
 mod gemm;
+mod stream;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub use cubecl::cuda::CudaDevice;
 pub use engine::{
     device_report, engine_summary, set_hopper_attention, set_tuned_kernels, tuned_kernels,
 };
+pub use stream::CudaStreamer;
 
 use crate::ops::{portable, FramePackBackend};
 use engine::{Engine, FLASH_SMEM};
@@ -450,6 +452,13 @@ fn activation_tuned<const D: usize>(
 }
 
 impl FramePackBackend for CudaBackend {
+    fn block_streamer(device: &CudaDevice) -> Box<dyn crate::streaming::BlockStreamer<Self>> {
+        match stream::CudaStreamer::new(device) {
+            Some(streamer) => Box::new(streamer),
+            None => Box::new(crate::streaming::PortableStreamer::<Self>::new(device)),
+        }
+    }
+
     fn dense<const D: usize>(
         x: Tensor<Self, D>,
         weight: Tensor<Self, 2>,

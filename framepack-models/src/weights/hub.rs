@@ -150,6 +150,16 @@ pub fn files_to_fetch<'a>(
 /// returns its local path. Progress bars are drawn on stderr, one per file.
 #[cfg(feature = "download")]
 pub fn download(folder: &RepoFolder) -> Result<PathBuf, WeightError> {
+    download_into(folder, None)
+}
+
+/// [`download`] into the Hugging Face cache rooted at `cache_dir` (the folder holding the
+/// `models--OWNER--NAME` directories) instead of the one the environment names.
+#[cfg(feature = "download")]
+pub fn download_into(
+    folder: &RepoFolder,
+    cache_dir: Option<&Path>,
+) -> Result<PathBuf, WeightError> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
 
@@ -160,10 +170,11 @@ pub fn download(folder: &RepoFolder) -> Result<PathBuf, WeightError> {
             folder.repo_id
         ),
     };
-    let api = ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .map_err(|e| failed(&e))?;
+    let mut builder = ApiBuilder::from_env().with_progress(true);
+    if let Some(dir) = cache_dir {
+        builder = builder.with_cache_dir(dir.to_path_buf());
+    }
+    let api = builder.build().map_err(|e| failed(&e))?;
     let repo = api.repo(Repo::with_revision(
         folder.repo_id.clone(),
         RepoType::Model,

@@ -17,7 +17,7 @@ pub use manifest::{ManifestEntry, ManifestRecorder};
 pub use random::RandomSource;
 pub use safetensors::{CheckpointFiles, SafetensorsSource, TensorMeta};
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 /// A provider of named parameters.
 ///
@@ -34,6 +34,33 @@ pub trait TensorSource<B: Backend> {
 
     /// The device the tensors are created on.
     fn device(&self) -> &B::Device;
+
+    /// The tensor stored under `key` as host data, checked against `shape` and converted to
+    /// `dtype`: what the low-VRAM mode keeps in host memory and streams to the device. The
+    /// default goes through the device; sources backed by files read it directly.
+    fn host_data(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<TensorData, WeightError> {
+        let data = match *shape {
+            [a] => self.tensor(key, [a], dtype)?.into_data(),
+            [a, b] => self.tensor(key, [a, b], dtype)?.into_data(),
+            [a, b, c] => self.tensor(key, [a, b, c], dtype)?.into_data(),
+            [a, b, c, d] => self.tensor(key, [a, b, c, d], dtype)?.into_data(),
+            [a, b, c, d, e] => self.tensor(key, [a, b, c, d, e], dtype)?.into_data(),
+            _ => {
+                return Err(WeightError::ShapeMismatch {
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                    found: shape.to_vec(),
+                    path: Default::default(),
+                })
+            }
+        };
+        Ok(data)
+    }
 }
 
 /// Joins a module prefix and a parameter name with a dot, skipping an empty prefix.

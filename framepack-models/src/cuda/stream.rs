@@ -1,0 +1,178 @@
+//! Streaming block weights on CUDA: pinned host memory, copies on a second stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::{backend::Backend, Tensor};
+use cudarc::driver::{CudaEvent, PinnedHostSlice};
+
+use super::engine::{engine, Engine};
+use super::{CudaBackend, CudaDevice};
+use crate::streaming::{BlockStreamer, HostBlock, HostTensor};
+
+/// Byte alignment of each tensor inside a block's pinned buffer.
+const ALIGN: usize = 256;
+
+struct PinnedBlock {
+    /// Keys, shapes and dtypes (the data itself lives in `buffer`).
+    meta: HostBlock,
+    buffer: PinnedHostSlice<u8>,
+    /// Byte offset of each tensor in `buffer`.
+    offsets: Vec<usize>,
+}
+
+struct InFlight {
+    tensors: Vec<Tensor<CudaBackend, 1>>,
+    done: CudaEvent,
+}
+
+/// A [`BlockStreamer`] keeping blocks in page-locked host memory and copying them to the GPU
+/// on the engine's copy stream: the copy of block i+1 runs while block i computes.
+pub struct CudaStreamer {
+    device: CudaDevice,
+    engine: Arc<Engine>,
+    blocks: Vec<PinnedBlock>,
+    in_flight: Mutex<HashMap<usize, InFlight>>,
+}
+
+impl CudaStreamer {
+    /// A streamer for `device`, or `None` where the tuned CUDA path is unavailable.
+    pub fn new(device: &CudaDevice) -> Option<Self> {
+        Some(Self {
+            device: device.clone(),
+            engine: engine(device.index)?,
+            blocks: Vec::new(),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn start_copy(&self, index: usize) -> InFlight {
+        let block = &self.blocks[index];
+        let tensors: Vec<Tensor<CudaBackend, 1>> = block
+            .meta
+            .tensors
+            .iter()
+            .map(|t| {
+                Tensor::empty(
+                    [t.shape.iter().product::<usize>()],
+                    (&self.device, t.data.dtype),
+                )
+            })
+            .collect();
+        let prims: Vec<_> = tensors
+            .iter()
+            .map(|t| t.clone().into_primitive().tensor())
+            .collect();
+        let resources: Vec<_> = prims
+            .iter()
+            .map(|p| {
+                p.client.get_resource(p.handle.clone()).unwrap_or_else(|e| {
+                    panic!("framepack CUDA: streamed weight not addressable: {e:?}")
+                })
+            })
+            .collect();
+        // The allocations come from burn's stream: make them valid before our copies.
+        if let Err(e) = CudaBackend::sync(&self.device) {
+            panic!("framepack CUDA: waiting for burn's stream failed: {e:?}");
+        }
+        let stream = &self.engine.copy_stream;
+        let host = block
+            .buffer
+            .as_slice()
+            .unwrap_or_else(|e| panic!("framepack CUDA: pinned weights unavailable: {e:?}"));
+        for ((resource, t), &offset) in resources
+            .iter()
+            .zip(&block.meta.tensors)
+            .zip(&block.offsets)
+        {
+            let len = t.data.dtype.size() * t.shape.iter().product::<usize>();
+            // SAFETY: the destination is a live allocation of exactly `len` bytes (held by
+            // `tensors`), the source a pinned buffer that outlives the copy (we wait on `done`
+            // before the block can be dropped or restaged).
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(
+                    resource.resource().ptr,
+                    &host[offset..offset + len],
+                    stream.cu_stream(),
+                )
+            }
+            .unwrap_or_else(|e| panic!("framepack CUDA: weight copy failed: {e:?}"));
+        }
+        let done = stream
+            .record_event(None)
+            .unwrap_or_else(|e| panic!("framepack CUDA: copy event failed: {e:?}"));
+        drop(resources);
+        InFlight { tensors, done }
+    }
+}
+
+impl BlockStreamer<CudaBackend> for CudaStreamer {
+    fn stage(&mut self, block: HostBlock) -> usize {
+        let mut offsets = Vec::with_capacity(block.tensors.len());
+        let mut total = 0usize;
+        for t in &block.tensors {
+            offsets.push(total);
+            total += t.data.bytes.len().div_ceil(ALIGN) * ALIGN;
+        }
+        // SAFETY: every byte that is later read is written just below.
+        let mut buffer = unsafe { self.engine.ctx.alloc_pinned::<u8>(total.max(1)) }
+            .unwrap_or_else(|e| {
+                panic!("framepack CUDA: cannot pin {total} bytes of host memory: {e:?}")
+            });
+        {
+            let dst = buffer
+                .as_mut_slice()
+                .unwrap_or_else(|e| panic!("framepack CUDA: pinned memory unavailable: {e:?}"));
+            for (t, &offset) in block.tensors.iter().zip(&offsets) {
+                dst[offset..offset + t.data.bytes.len()].copy_from_slice(&t.data.bytes);
+            }
+        }
+        // Keep keys, shapes and dtypes only: the values now live in the pinned buffer.
+        let meta = HostBlock {
+            tensors: block
+                .tensors
+                .into_iter()
+                .map(|t| HostTensor {
+                    key: t.key,
+                    shape: t.shape,
+                    data: burn::tensor::TensorData::from_bytes_vec(Vec::new(), [0], t.data.dtype),
+                })
+                .collect(),
+        };
+        self.blocks.push(PinnedBlock {
+            meta,
+            buffer,
+            offsets,
+        });
+        self.blocks.len() - 1
+    }
+
+    fn prefetch(&self, index: usize) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if !in_flight.contains_key(&index) {
+            let copy = self.start_copy(index);
+            in_flight.insert(index, copy);
+        }
+    }
+
+    fn fetch(&self, index: usize) -> Vec<Tensor<CudaBackend, 1>> {
+        let pending = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&index);
+        let copy = pending.unwrap_or_else(|| self.start_copy(index));
+        copy.done
+            .synchronize()
+            .unwrap_or_else(|e| panic!("framepack CUDA: weight copy failed: {e:?}"));
+        copy.tensors
+    }
+
+    fn block(&self, index: usize) -> &HostBlock {
+        &self.blocks[index].meta
+    }
+
+    fn host_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.buffer.len()).sum()
+    }
+}
