@@ -17,7 +17,7 @@ use framepack_models::cuda::{
     device_report, engine_summary, set_hopper_attention, CudaBackend as B, CudaDevice,
 };
 use framepack_models::transformer::{
-    ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+    BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
 };
 use framepack_models::weights::{CheckpointFiles, RandomSource, SafetensorsSource};
 use framepack_models::FramePackBackend;
@@ -214,6 +214,65 @@ fn reference_inputs(io: &CheckpointFiles, device: &CudaDevice) -> TransformerInp
     }
 }
 
+/// Peak resident set size of this process (VmHWM), in bytes.
+fn peak_rss() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident vs streamed blocks on the same random weights: forward time, GPU memory, host
+/// memory.
+fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, String)>) {
+    let config = TransformerConfig::framepack();
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let mut times = Vec::new();
+    // Streamed first, in a fresh process: its GPU figure is then not inflated by the pool that
+    // the 25 GB resident model leaves behind.
+    for residency in [BlockResidency::Streamed, BlockResidency::Resident] {
+        let (_, before, _) = device_report(0).unwrap_or_default();
+        let start = Instant::now();
+        let mut src = RandomSource::<B>::new(device, 0, 0.02);
+        let model = FramePackTransformer::load_with_residency(
+            &mut src,
+            config.clone(),
+            DType::BF16,
+            residency,
+        )
+        .expect("random model");
+        B::sync(device).expect("sync");
+        let build = start.elapsed().as_secs_f64();
+        let inputs = default_inputs(&config, device);
+        let t = time(iters, device, || {
+            drop(model.forward(&inputs).expect("forward"))
+        });
+        let (_, used, _) = device_report(0).unwrap_or_default();
+        rows.push((
+            format!("{residency:?} blocks: forward"),
+            format!(
+                "median {t:.3} s of {iters} (build {build:.1} s); GPU in use {:.2} GiB (before load {:.2} GiB); host blocks {:.1} GiB; peak RSS so far {:.1} GiB",
+                gib(used),
+                gib(before),
+                gib(model.streamed_host_bytes()),
+                gib(peak_rss())
+            ),
+        ));
+        times.push(t);
+        drop(model);
+        drop(inputs);
+        B::sync(device).expect("sync");
+    }
+    rows.push((
+        "streamed / resident".into(),
+        format!("{:.2}x per forward", times[1] / times[0]),
+    ));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -235,6 +294,15 @@ fn main() {
     rows.push(("tuned path".into(), engine_summary(0)));
     if !args.iter().any(|a| a == "--skip-ops") {
         op_rates(&device, &mut rows);
+    }
+
+    if args.iter().any(|a| a == "--memory-modes") {
+        memory_modes(&device, iters, &mut rows);
+        println!("\n| measurement | result |\n|---|---|");
+        for (k, v) in rows {
+            println!("| {k} | {v} |");
+        }
+        return;
     }
 
     let config = TransformerConfig::framepack();

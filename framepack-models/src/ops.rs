@@ -9,6 +9,22 @@
 
 use burn::tensor::{activation, backend::Backend, module, Bool, DType, Tensor};
 
+/// Free and total bytes of a device's memory (the whole device, every process included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes no allocation holds.
+    pub free: u64,
+    /// The device's memory.
+    pub total: u64,
+}
+
+impl DeviceMemory {
+    /// Bytes in use (`total - free`).
+    pub fn used(&self) -> u64 {
+        self.total.saturating_sub(self.free)
+    }
+}
+
 /// A burn backend with FramePack's hot operations.
 ///
 /// Tensors follow PyTorch conventions: linear weights are `[out, in]`, attention takes
@@ -88,6 +104,12 @@ pub trait FramePackBackend: Backend {
     /// back to the input dtype.
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
         portable::rope::<Self>(x, cos, sin)
+    }
+
+    /// Free and total memory of `device` in bytes, where the backend can tell (`None` on the
+    /// CPU): what a pipeline's automatic memory mode reads, and what benchmarks report.
+    fn device_memory(_device: &Self::Device) -> Option<DeviceMemory> {
+        None
     }
 
     /// The streamer that moves transformer blocks between host and device in the low-VRAM

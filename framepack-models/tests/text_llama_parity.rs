@@ -123,6 +123,90 @@ fn a_model_prefixed_checkpoint_loads_the_same() {
 }
 
 #[test]
+fn layerwise_loading_gives_the_resident_output() {
+    let dev = Default::default();
+    let model = LlamaTextEncoder::<B>::from_checkpoint_layerwise(
+        weights(),
+        LlamaConfig::tiny(),
+        &dev,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(model.num_layers(), 2);
+    let (ids, expected) = io("hidden_states_m3");
+    let resident = load(DType::F32).hidden_states(&ids).unwrap();
+    // Twice: every call reads the layers again.
+    for _ in 0..2 {
+        let out = model.hidden_states(&ids).unwrap();
+        assert_eq!(
+            out.clone().into_data().to_vec::<f32>().unwrap(),
+            resident.clone().into_data().to_vec::<f32>().unwrap(),
+            "the same weights in the same order give the same bits"
+        );
+        let err = relative_l2(out, expected.clone());
+        assert!(err <= 1e-5, "relative L2 {err}");
+    }
+}
+
+#[test]
+fn layerwise_loading_checks_every_key_and_shape_up_front() {
+    let bytes = std::fs::read(format!("{FIXTURES}/text_llama_tiny.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, views: &HashMap<String, TensorView>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        CheckpointFiles::open(&path).unwrap()
+    };
+    let all: HashMap<String, TensorView> = st.tensors().into_iter().collect();
+    let layerwise = |files| {
+        LlamaTextEncoder::<B>::from_checkpoint_layerwise(
+            files,
+            LlamaConfig::tiny(),
+            &Default::default(),
+            DType::F32,
+        )
+    };
+
+    // A layer's weight missing: found before any layer is read.
+    let mut missing = all.clone();
+    missing.remove("layers.1.mlp.down_proj.weight");
+    match layerwise(write("missing.safetensors", &missing)) {
+        Err(ModelError::Weights(WeightError::MissingKey { key, .. })) => {
+            assert_eq!(key, "layers.1.mlp.down_proj.weight")
+        }
+        other => panic!("expected a missing key, got {other:?}"),
+    }
+
+    // A stray tensor: listed.
+    let mut stray = all.clone();
+    stray.insert(
+        "layers.0.extra.weight".into(),
+        st.tensor("norm.weight").unwrap(),
+    );
+    match layerwise(write("stray.safetensors", &stray)) {
+        Err(ModelError::Weights(WeightError::UnexpectedKeys { sample, .. })) => {
+            assert_eq!(sample, vec!["layers.0.extra.weight".to_string()])
+        }
+        other => panic!("expected an unexpected key, got {other:?}"),
+    }
+
+    // A wrong shape: named with both shapes.
+    let mut wrong = all;
+    wrong.insert(
+        "layers.0.input_layernorm.weight".into(),
+        st.tensor("layers.0.self_attn.q_proj.weight").unwrap(),
+    );
+    match layerwise(write("shape.safetensors", &wrong)) {
+        Err(ModelError::Weights(WeightError::ShapeMismatch { key, expected, .. })) => {
+            assert_eq!(key, "layers.0.input_layernorm.weight");
+            assert_eq!(expected, vec![64]);
+        }
+        other => panic!("expected a shape mismatch, got {other:?}"),
+    }
+}
+
+#[test]
 fn bad_ids_are_errors_naming_the_argument() {
     let model = load(DType::F32);
     let err = model.hidden_states(&[1, 2, 256]).unwrap_err();

@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Tensor};
 use framepack_models::transformer::{
-    ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+    BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
 };
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource};
 use framepack_models::CpuBackend as B;
@@ -180,4 +180,31 @@ fn checkpoint_folder_with_config_json_loads_and_matches() {
         err.contains("x_embedder.proj.weight") && err.contains("expected"),
         "{err}"
     );
+}
+
+#[test]
+fn streamed_blocks_give_the_resident_output() {
+    let io = io();
+    let resident = load(DType::F32);
+    let mut src = SafetensorsSource::<B>::open(
+        format!("{FIXTURES}/transformer_tiny.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
+    let streamed = FramePackTransformer::load_with_residency(
+        &mut src,
+        TransformerConfig::tiny(),
+        DType::F32,
+        BlockResidency::Streamed,
+    )
+    .unwrap();
+    src.finish(|_| false).unwrap();
+    assert_eq!(streamed.residency(), BlockResidency::Streamed);
+    // 2 double + 2 single tiny blocks kept on the host, in fp32.
+    assert!(streamed.streamed_host_bytes() > 100_000);
+    for batch in [1, 2] {
+        let a = resident.forward(&inputs(&io, batch)).unwrap();
+        let b = streamed.forward(&inputs(&io, batch)).unwrap();
+        assert_eq!(relative_l2(b, a), 0.0, "batch {batch}");
+    }
 }

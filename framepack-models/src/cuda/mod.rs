@@ -34,6 +34,16 @@ use gemm::{Epilogue, GemmCall, GemmType};
 /// burn's CUDA backend as FramePack runs it (CubeCL, no fusion), with the tuned operations.
 pub type CudaBackend = CubeBackend<CudaRuntime, f32, i32, u8>;
 
+/// Bytes burn's memory pool on `device` hands out now (`in_use`) and holds from the driver
+/// (`reserved`, which only shrinks on `Backend::memory_cleanup`).
+pub fn pool_usage(device: &CudaDevice) -> (u64, u64) {
+    use cubecl::Runtime;
+    match CudaRuntime::client(device).memory_usage() {
+        Ok(usage) => (usage.bytes_in_use, usage.bytes_reserved),
+        Err(_) => (0, 0),
+    }
+}
+
 type Prim = CubeTensor<CudaRuntime>;
 
 /// The engine for `device` if the tuned path is on and available.
@@ -452,6 +462,13 @@ fn activation_tuned<const D: usize>(
 }
 
 impl FramePackBackend for CudaBackend {
+    fn device_memory(device: &CudaDevice) -> Option<crate::ops::DeviceMemory> {
+        device_report(device.index).map(|(_, used, total)| crate::ops::DeviceMemory {
+            free: (total - used) as u64,
+            total: total as u64,
+        })
+    }
+
     fn block_streamer(device: &CudaDevice) -> Box<dyn crate::streaming::BlockStreamer<Self>> {
         match stream::CudaStreamer::new(device) {
             Some(streamer) => Box::new(streamer),

@@ -61,6 +61,9 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
     /// built before any is set: on error the model keeps its previous adapters. Returns the
     /// report of what was attached and what matched no layer (also printed as a warning).
     pub fn set_lora_adapters(&mut self, loras: &LoraSet) -> Result<LoraReport, LoraError> {
+        if self.residency() == crate::transformer::BlockResidency::Streamed {
+            return Err(LoraError::StreamedBlocks);
+        }
         let mut linears = self.lora_linears_mut();
         let mut adapters = Vec::with_capacity(linears.len());
         let (mut present, mut applied) = (HashSet::new(), HashSet::new());

@@ -7,6 +7,12 @@ use crate::weights::WeightError;
 /// Everything that can go wrong with a LoRA file; each variant names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
+    /// Adapters attach to resident layers; streamed blocks are rebuilt for every use.
+    #[error(
+        "LoRA adapters need the transformer blocks on the device; with streamed blocks \
+         (the low-VRAM mode) merge the LoRAs at load instead"
+    )]
+    StreamedBlocks,
     /// The file could not be opened or a tensor of it read.
     #[error(transparent)]
     Weights(#[from] WeightError),

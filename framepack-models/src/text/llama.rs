@@ -12,6 +12,7 @@
 //! 32 query heads over 8 key/value heads; RoPE is the half-split (`rotate_half`) kind.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -19,7 +20,9 @@ use serde::Deserialize;
 use crate::error::ModelError;
 use crate::nn::{Linear, RmsNorm};
 use crate::ops::FramePackBackend;
-use crate::weights::{join, CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
+use crate::weights::{
+    join, CheckpointFiles, ManifestRecorder, SafetensorsSource, TensorSource, WeightError,
+};
 
 /// How far from the end of `hidden_states` FramePack reads (`hidden_states[-3]`).
 pub const FRAMEPACK_HIDDEN_STATE: usize = 3;
@@ -336,7 +339,29 @@ pub struct LlamaTextEncoder<B: FramePackBackend> {
     config: LlamaConfig,
     dtype: DType,
     embed_tokens: Tensor<B, 2>,
-    layers: Vec<LlamaDecoderLayer<B>>,
+    layers: Layers<B>,
+}
+
+/// Loads decoder layer `i` onto the device.
+type LayerLoader<B> = Arc<dyn Fn(usize) -> Result<LlamaDecoderLayer<B>, ModelError> + Send + Sync>;
+
+/// Where the decoder layers' weights live.
+#[derive(Clone)]
+enum Layers<B: FramePackBackend> {
+    /// All on the device (14 GB in fp16 for the published model).
+    Resident(Vec<LlamaDecoderLayer<B>>),
+    /// Read from the checkpoint one at a time during each call, each dropped once it has run:
+    /// one layer (436 MB in fp16) on the device at a time.
+    Layerwise { count: usize, load: LayerLoader<B> },
+}
+
+impl<B: FramePackBackend> std::fmt::Debug for Layers<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Resident(layers) => write!(f, "Resident({} layers)", layers.len()),
+            Self::Layerwise { count, .. } => write!(f, "Layerwise({count} layers)"),
+        }
+    }
 }
 
 impl<B: FramePackBackend> LlamaTextEncoder<B> {
@@ -363,7 +388,44 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
             config,
             dtype,
             embed_tokens,
-            layers,
+            layers: Layers::Resident(layers),
+        })
+    }
+
+    /// Builds an encoder that keeps only the token embedding on the device and reads each
+    /// decoder layer from `src` when a call reaches it, dropping it after (the low-VRAM
+    /// mode: the 14 GB of layers never sit on the device together). Every call reads all
+    /// layers again, so `src` should be cheap to read from (a mapped checkpoint).
+    pub fn load_layerwise<S: TensorSource<B> + Send + 'static>(
+        mut src: S,
+        config: LlamaConfig,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        config
+            .validate()
+            .map_err(|reason| ModelError::input("config", reason))?;
+        let embed_tokens = src.tensor(
+            "embed_tokens.weight",
+            [config.vocab_size, config.hidden_size],
+            dtype,
+        )?;
+        let src = Mutex::new(src);
+        let layer_config = config.clone();
+        let load: LayerLoader<B> = Arc::new(move |i| {
+            let mut src = src
+                .lock()
+                .map_err(|_| ModelError::input("layers", "a layer load panicked earlier"))?;
+            LlamaDecoderLayer::load(&mut *src, &format!("layers.{i}"), &layer_config, dtype)
+                .map_err(ModelError::from)
+        });
+        Ok(Self {
+            layers: Layers::Layerwise {
+                count: config.layers_needed(),
+                load,
+            },
+            config,
+            dtype,
+            embed_tokens,
         })
     }
 
@@ -401,6 +463,32 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
         Ok(model)
     }
 
+    /// [`LlamaTextEncoder::from_checkpoint`] with the layers read one at a time during each
+    /// call ([`LlamaTextEncoder::load_layerwise`]). Every key and shape is checked now, from
+    /// the files' headers, so a bad checkpoint fails here and not in the middle of a job.
+    pub fn from_checkpoint_layerwise(
+        files: CheckpointFiles,
+        config: LlamaConfig,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let prefix = if !files.contains("embed_tokens.weight")
+            && files.contains("model.embed_tokens.weight")
+        {
+            "model."
+        } else {
+            ""
+        };
+        let mut recorder = ManifestRecorder::<B>::new(device);
+        Self::load(&mut recorder, config.clone(), dtype)?;
+        let unused = config.clone();
+        files.check(&recorder.into_entries(), prefix, |key| {
+            unused.is_unused_key(key)
+        })?;
+        let src = SafetensorsSource::new(files, device).with_prefix(prefix);
+        Self::load_layerwise(src, config, dtype)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -413,7 +501,10 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
 
     /// Decoder layers held and run (30 for the published model).
     pub fn num_layers(&self) -> usize {
-        self.layers.len()
+        match &self.layers {
+            Layers::Resident(layers) => layers.len(),
+            Layers::Layerwise { count, .. } => *count,
+        }
     }
 
     /// `hidden_states[-3]` of the token ids `ids` (a batch of one, no padding): the raw output
@@ -468,8 +559,17 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
             .cast(self.dtype)
         };
         let (cos, sin) = (table(cos), table(sin));
-        for layer in &self.layers {
-            x = layer.forward(x, &cos, &sin);
+        match &self.layers {
+            Layers::Resident(layers) => {
+                for layer in layers {
+                    x = layer.forward(x, &cos, &sin);
+                }
+            }
+            Layers::Layerwise { count, load } => {
+                for i in 0..*count {
+                    x = load(i)?.forward(x, &cos, &sin);
+                }
+            }
         }
         Ok(x)
     }

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 use super::clip::ClipTextEncoder;
-use super::llama::LlamaTextEncoder;
+use super::llama::{LlamaConfig, LlamaTextEncoder};
 use super::tokenizer::{ClipTokenizer, LlamaTokenizer, PromptOverflow, CROP_START};
 use crate::error::ModelError;
 use crate::ops::FramePackBackend;
+use crate::weights::CheckpointFiles;
 
 /// The text conditioning of one prompt.
 #[derive(Debug, Clone)]
@@ -180,6 +181,37 @@ impl<B: FramePackBackend> TextEncoders<B> {
         let llama_tokenizer = LlamaTokenizer::from_file(&folders.tokenizer)?;
         let clip_tokenizer = ClipTokenizer::from_folder(&folders.tokenizer_2)?;
         let llama = LlamaTextEncoder::from_folder(&folders.text_encoder, device, dtype)?;
+        let clip = ClipTextEncoder::from_folder(&folders.text_encoder_2, device, dtype)?;
+        Ok(Self::new(
+            llama,
+            llama_tokenizer,
+            clip,
+            clip_tokenizer,
+            overflow,
+            revision,
+        ))
+    }
+
+    /// [`TextEncoders::load`] with LLaMA's layers read one at a time during each encode
+    /// ([`LlamaTextEncoder::from_checkpoint_layerwise`]): about 1.5 GB of the device instead
+    /// of 15 GB, for a re-read of the mapped layers per prompt.
+    pub fn load_layerwise(
+        folders: &TextEncoderFolders,
+        device: &B::Device,
+        dtype: DType,
+        overflow: PromptOverflow,
+        revision: impl Into<String>,
+    ) -> Result<Self, ModelError> {
+        let llama_tokenizer = LlamaTokenizer::from_file(&folders.tokenizer)?;
+        let clip_tokenizer = ClipTokenizer::from_folder(&folders.tokenizer_2)?;
+        let llama_folder = &folders.text_encoder;
+        let config = LlamaConfig::from_file(llama_folder.join("config.json"))?;
+        let llama = LlamaTextEncoder::from_checkpoint_layerwise(
+            CheckpointFiles::open(llama_folder)?,
+            config,
+            device,
+            dtype,
+        )?;
         let clip = ClipTextEncoder::from_folder(&folders.text_encoder_2, device, dtype)?;
         Ok(Self::new(
             llama,

@@ -16,6 +16,7 @@ use super::rope::{Rope3d, RopeTable};
 use crate::error::ModelError;
 use crate::nn::{LoraLinear, PatchEmbed};
 use crate::ops::FramePackBackend;
+use crate::streaming::{BlockStreamer, HostCapture, ReplaySource};
 use crate::weights::{SafetensorsSource, TensorSource, WeightError};
 
 /// `[batch, keys]`, true where a key is padding.
@@ -30,12 +31,38 @@ pub struct FramePackTransformer<B: FramePackBackend> {
     context_embedder: TokenRefiner<B>,
     time_text_embed: ConditionEmbedding<B>,
     image_projection: ImageProjection<B>,
-    transformer_blocks: Vec<DoubleStreamBlock<B>>,
-    single_transformer_blocks: Vec<SingleStreamBlock<B>>,
+    blocks: Blocks<B>,
     norm_out: LoraLinear<B>,
     proj_out: LoraLinear<B>,
     rope: Rope3d,
     rope_cache: Mutex<Option<(RopeKey, Rotary<B>)>>,
+}
+
+/// Where the weights of the 60 transformer blocks live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockResidency {
+    /// On the device: the fastest (25.7 GB of bf16 weights on the GPU).
+    #[default]
+    Resident,
+    /// In host memory, each block copied to the device just before it runs (the low-VRAM
+    /// mode): two blocks on the device at a time, about 1.4 GB in bf16. On CUDA the copy of
+    /// the next block overlaps the compute of the current one.
+    Streamed,
+}
+
+/// The blocks, resident or streamed.
+enum Blocks<B: FramePackBackend> {
+    Resident {
+        double: Vec<DoubleStreamBlock<B>>,
+        single: Vec<SingleStreamBlock<B>>,
+    },
+    Streamed {
+        streamer: Box<dyn BlockStreamer<B>>,
+        device: B::Device,
+        /// Staged index of each double block, then of each single block.
+        double: Vec<usize>,
+        single: Vec<usize>,
+    },
 }
 
 /// What the RoPE tables of a call depend on.
@@ -67,11 +94,21 @@ pub struct PreparedInputs<B: FramePackBackend> {
 
 impl<B: FramePackBackend> FramePackTransformer<B> {
     /// Builds the model from `src`, computing in `dtype` (`proj_out` is kept in fp32, as the
-    /// reference's `high_quality_fp32_output_for_inference`).
+    /// reference's `high_quality_fp32_output_for_inference`), with every block on the device.
     pub fn load<S: TensorSource<B>>(
         src: &mut S,
         config: TransformerConfig,
         dtype: DType,
+    ) -> Result<Self, ModelError> {
+        Self::load_with_residency(src, config, dtype, BlockResidency::Resident)
+    }
+
+    /// [`FramePackTransformer::load`] with the blocks' [`BlockResidency`] chosen.
+    pub fn load_with_residency<S: TensorSource<B>>(
+        src: &mut S,
+        config: TransformerConfig,
+        dtype: DType,
+        residency: BlockResidency,
     ) -> Result<Self, ModelError> {
         config
             .validate()
@@ -80,7 +117,6 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         let hidden = c.hidden_size();
         let mlp = c.mlp_dim();
         let heads = c.num_attention_heads;
-        let head_dim = c.attention_head_dim;
         let load = |src: &mut S| -> Result<Self, WeightError> {
             Ok(Self {
                 x_embedder: PatchEmbed::load(
@@ -123,30 +159,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                     hidden,
                     dtype,
                 )?,
-                transformer_blocks: (0..c.num_layers)
-                    .map(|i| {
-                        DoubleStreamBlock::load(
-                            src,
-                            &format!("transformer_blocks.{i}"),
-                            heads,
-                            head_dim,
-                            mlp,
-                            dtype,
-                        )
-                    })
-                    .collect::<Result<_, _>>()?,
-                single_transformer_blocks: (0..c.num_single_layers)
-                    .map(|i| {
-                        SingleStreamBlock::load(
-                            src,
-                            &format!("single_transformer_blocks.{i}"),
-                            heads,
-                            head_dim,
-                            mlp,
-                            dtype,
-                        )
-                    })
-                    .collect::<Result<_, _>>()?,
+                blocks: Blocks::load(src, c, dtype, residency)?,
                 norm_out: LoraLinear::load(
                     src,
                     "norm_out.linear",
@@ -183,10 +196,21 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
+        Self::from_folder_with_residency(path, device, dtype, BlockResidency::Resident)
+    }
+
+    /// [`FramePackTransformer::from_folder`] with the blocks' [`BlockResidency`] chosen
+    /// (streamed blocks are read from the mapped files straight into host memory).
+    pub fn from_folder_with_residency(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+        residency: BlockResidency,
+    ) -> Result<Self, ModelError> {
         let path = path.as_ref();
         let config = Self::folder_config(path)?;
         let mut src = SafetensorsSource::open(path, device)?;
-        let model = Self::load(&mut src, config, dtype)?;
+        let model = Self::load_with_residency(&mut src, config, dtype, residency)?;
         src.finish(|_| false)?;
         Ok(model)
     }
@@ -207,6 +231,22 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         })
     }
 
+    /// Where the blocks' weights live.
+    pub fn residency(&self) -> BlockResidency {
+        match self.blocks {
+            Blocks::Resident { .. } => BlockResidency::Resident,
+            Blocks::Streamed { .. } => BlockResidency::Streamed,
+        }
+    }
+
+    /// Bytes of block weights held in host memory (0 when the blocks are resident).
+    pub fn streamed_host_bytes(&self) -> usize {
+        match &self.blocks {
+            Blocks::Resident { .. } => 0,
+            Blocks::Streamed { streamer, .. } => streamer.host_bytes(),
+        }
+    }
+
     /// Every linear layer (and patch embedding) with its checkpoint key, in load order: where
     /// [`FramePackTransformer::set_lora_adapters`] attaches LoRA adapters.
     pub fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
@@ -216,11 +256,13 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         self.context_embedder.lora_linears(&mut out);
         self.time_text_embed.lora_linears(&mut out);
         self.image_projection.lora_linears(&mut out);
-        for block in &mut self.transformer_blocks {
-            block.lora_linears(&mut out);
-        }
-        for block in &mut self.single_transformer_blocks {
-            block.lora_linears(&mut out);
+        if let Blocks::Resident { double, single } = &mut self.blocks {
+            for block in double {
+                block.lora_linears(&mut out);
+            }
+            for block in single {
+                block.lora_linears(&mut out);
+            }
         }
         out.extend([&mut self.norm_out, &mut self.proj_out]);
         out
@@ -438,40 +480,75 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
 
     /// The first double block's modulated image input, the signal TeaCache measures.
     pub fn teacache_signal(&self, prepared: &PreparedInputs<B>) -> Tensor<B, 3> {
-        match self.transformer_blocks.first() {
-            Some(block) => {
-                block.modulated_input(prepared.image.clone(), prepared.temb_silu.clone())
-            }
-            None => prepared.image.clone(),
+        let (x, temb) = (prepared.image.clone(), prepared.temb_silu.clone());
+        match &self.blocks {
+            Blocks::Resident { double, .. } => match double.first() {
+                Some(block) => block.modulated_input(x, temb),
+                None => x,
+            },
+            Blocks::Streamed { double, .. } => match double.first() {
+                Some(&id) => self
+                    .blocks
+                    .fetch_double(&self.config, self.dtype, 0, id)
+                    .modulated_input(x, temb),
+                None => x,
+            },
         }
     }
 
     /// Runs all double- and single-stream blocks; returns the image stream.
     pub fn run_blocks(&self, prepared: &PreparedInputs<B>) -> Tensor<B, 3> {
-        let mut x = prepared.image.clone();
-        let mut c = prepared.context.clone();
+        let (rotary, masked) = (&prepared.rotary, &prepared.masked_keys);
         let temb = &prepared.temb_silu;
-        for block in &self.transformer_blocks {
-            (x, c) = block.forward(
-                x,
-                c,
-                temb.clone(),
-                &prepared.rotary,
-                prepared.masked_keys.clone(),
-            );
+        let double = |block: &DoubleStreamBlock<B>, (x, c): (Tensor<B, 3>, Tensor<B, 3>)| {
+            block.forward(x, c, temb.clone(), rotary, masked.clone())
+        };
+        let single = |block: &SingleStreamBlock<B>, z: Tensor<B, 3>, n_img: usize| {
+            block.forward(z, n_img, temb.clone(), rotary, masked.clone())
+        };
+        let mut xc = (prepared.image.clone(), prepared.context.clone());
+        let n_img = xc.0.dims()[1];
+        match &self.blocks {
+            Blocks::Resident {
+                double: d,
+                single: s,
+            } => {
+                for block in d {
+                    xc = double(block, xc);
+                }
+                let mut z = Tensor::cat(vec![xc.0, xc.1], 1);
+                for block in s {
+                    z = single(block, z, n_img);
+                }
+                z.narrow(1, 0, n_img)
+            }
+            Blocks::Streamed {
+                streamer,
+                double: d,
+                single: s,
+                ..
+            } => {
+                // Block i+1 is copied to the device while block i runs.
+                let order: Vec<usize> = d.iter().chain(s.iter()).copied().collect();
+                let prefetch_after = |pos: usize| {
+                    if let Some(&next) = order.get(pos + 1) {
+                        streamer.prefetch(next);
+                    }
+                };
+                for (i, &id) in d.iter().enumerate() {
+                    let block = self.blocks.fetch_double(&self.config, self.dtype, i, id);
+                    prefetch_after(i);
+                    xc = double(&block, xc);
+                }
+                let mut z = Tensor::cat(vec![xc.0, xc.1], 1);
+                for (j, &id) in s.iter().enumerate() {
+                    let block = self.blocks.fetch_single(&self.config, self.dtype, j, id);
+                    prefetch_after(d.len() + j);
+                    z = single(&block, z, n_img);
+                }
+                z.narrow(1, 0, n_img)
+            }
         }
-        let n_img = x.dims()[1];
-        let mut z = Tensor::cat(vec![x, c], 1);
-        for block in &self.single_transformer_blocks {
-            z = block.forward(
-                z,
-                n_img,
-                temb.clone(),
-                &prepared.rotary,
-                prepared.masked_keys.clone(),
-            );
-        }
-        z.narrow(1, 0, n_img)
     }
 
     /// Final AdaLN, fp32 projection and unpatchify of the noisy tokens (step 5).
@@ -504,5 +581,123 @@ fn check(
         Ok(())
     } else {
         Err(ModelError::input(argument, reason()))
+    }
+}
+
+impl<B: FramePackBackend> Blocks<B> {
+    /// Loads the blocks as `residency` asks: on the device, or captured into host memory and
+    /// staged with the backend's streamer.
+    fn load<S: TensorSource<B>>(
+        src: &mut S,
+        c: &TransformerConfig,
+        dtype: DType,
+        residency: BlockResidency,
+    ) -> Result<Self, WeightError> {
+        let (heads, head_dim, mlp) = (c.num_attention_heads, c.attention_head_dim, c.mlp_dim());
+        let double_key = |i: usize| format!("transformer_blocks.{i}");
+        let single_key = |j: usize| format!("single_transformer_blocks.{j}");
+        match residency {
+            BlockResidency::Resident => Ok(Self::Resident {
+                double: (0..c.num_layers)
+                    .map(|i| {
+                        DoubleStreamBlock::load(src, &double_key(i), heads, head_dim, mlp, dtype)
+                    })
+                    .collect::<Result<_, _>>()?,
+                single: (0..c.num_single_layers)
+                    .map(|j| {
+                        SingleStreamBlock::load(src, &single_key(j), heads, head_dim, mlp, dtype)
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
+            BlockResidency::Streamed => {
+                let mut streamer = B::block_streamer(src.device());
+                let mut double = Vec::with_capacity(c.num_layers);
+                for i in 0..c.num_layers {
+                    let mut capture = HostCapture::new(src);
+                    DoubleStreamBlock::load(
+                        &mut capture,
+                        &double_key(i),
+                        heads,
+                        head_dim,
+                        mlp,
+                        dtype,
+                    )?;
+                    double.push(streamer.stage(capture.into_block()));
+                }
+                let mut single = Vec::with_capacity(c.num_single_layers);
+                for j in 0..c.num_single_layers {
+                    let mut capture = HostCapture::new(src);
+                    SingleStreamBlock::load(
+                        &mut capture,
+                        &single_key(j),
+                        heads,
+                        head_dim,
+                        mlp,
+                        dtype,
+                    )?;
+                    single.push(streamer.stage(capture.into_block()));
+                }
+                Ok(Self::Streamed {
+                    streamer,
+                    device: src.device().clone(),
+                    double,
+                    single,
+                })
+            }
+        }
+    }
+
+    /// Double block `i` (staged as `id`) rebuilt from its device copy.
+    fn fetch_double(
+        &self,
+        c: &TransformerConfig,
+        dtype: DType,
+        i: usize,
+        id: usize,
+    ) -> DoubleStreamBlock<B> {
+        let Self::Streamed {
+            streamer, device, ..
+        } = self
+        else {
+            unreachable!("fetch on resident blocks")
+        };
+        let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
+        let key = format!("transformer_blocks.{i}");
+        DoubleStreamBlock::load(
+            &mut replay,
+            &key,
+            c.num_attention_heads,
+            c.attention_head_dim,
+            c.mlp_dim(),
+            dtype,
+        )
+        .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
+    }
+
+    /// Single block `j` (staged as `id`) rebuilt from its device copy.
+    fn fetch_single(
+        &self,
+        c: &TransformerConfig,
+        dtype: DType,
+        j: usize,
+        id: usize,
+    ) -> SingleStreamBlock<B> {
+        let Self::Streamed {
+            streamer, device, ..
+        } = self
+        else {
+            unreachable!("fetch on resident blocks")
+        };
+        let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
+        let key = format!("single_transformer_blocks.{j}");
+        SingleStreamBlock::load(
+            &mut replay,
+            &key,
+            c.num_attention_heads,
+            c.attention_head_dim,
+            c.mlp_dim(),
+            dtype,
+        )
+        .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
     }
 }

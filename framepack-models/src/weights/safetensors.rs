@@ -8,7 +8,7 @@ use burn::tensor::{backend::Backend, bf16, f16, DType, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::{tensor::Metadata, Dtype, SafeTensors};
 
-use super::{TensorSource, WeightError};
+use super::{ManifestEntry, TensorSource, WeightError};
 
 /// Shape and storage dtype of one stored tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +220,51 @@ impl CheckpointFiles {
                 ))
             })
             .collect()
+    }
+
+    /// Checks, without reading any tensor data, that the checkpoint holds every `expected`
+    /// key (after `prefix`) with its shape, and nothing else that `ignore` does not accept
+    /// (keys given to `ignore` without the prefix): the checks a full load and
+    /// [`SafetensorsSource::finish`] make, for models that load their weights later.
+    pub fn check(
+        &self,
+        expected: &[ManifestEntry],
+        prefix: &str,
+        ignore: impl Fn(&str) -> bool,
+    ) -> Result<(), WeightError> {
+        let mut wanted = HashSet::new();
+        for entry in expected {
+            let key = format!("{prefix}{}", entry.key);
+            let found = self.stored_shape(&key)?;
+            if found != entry.shape {
+                return Err(WeightError::ShapeMismatch {
+                    path: self
+                        .file_of(&key)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default(),
+                    key,
+                    expected: entry.shape.clone(),
+                    found,
+                });
+            }
+            wanted.insert(key);
+        }
+        let mut unused: Vec<String> = self
+            .keys()
+            .into_iter()
+            .filter(|k| !wanted.contains(k))
+            .filter(|k| !ignore(k.strip_prefix(prefix).unwrap_or(k)))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        let count = unused.len();
+        unused.truncate(8);
+        Err(WeightError::UnexpectedKeys {
+            count,
+            sample: unused,
+            location: self.location.clone(),
+        })
     }
 
     /// The file holding `key`.
