@@ -20,7 +20,7 @@ pub enum Error {
     },
 
     /// The video length needs more sections than this crate plans (a guard against overflow).
-    #[error("{seconds} s needs {sections} sections, more than the supported {max}")]
+    #[error("seconds = {seconds} needs {sections} sections, more than the supported {max}")]
     TooManySections {
         /// The length that was asked for, in seconds.
         seconds: f64,

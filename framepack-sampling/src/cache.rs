@@ -374,7 +374,11 @@ impl<B: Backend> StepCache<B> {
     ) -> Result<Tensor<B, 3>> {
         let mode = self.mode.clone();
         let compute = match &mode {
-            CacheMode::Off => return Ok(model.run_blocks(prepared)),
+            CacheMode::Off => {
+                self.stats.calls += 1;
+                self.stats.computed += 1;
+                return Ok(model.run_blocks(prepared));
+            }
             CacheMode::TeaCache(tea) => {
                 let signal = model.cache_signal(prepared);
                 let compute = self.teacache_decision(tea, &signal)?;

@@ -36,7 +36,7 @@ fn bicubic_filter(x: f64) -> f64 {
 }
 
 /// The fixed-point taps of one axis (`precompute_coeffs` + `normalize_coeffs_8bpc`).
-struct Taps {
+pub(super) struct Taps {
     /// Per output sample: first input index and number of taps.
     bounds: Vec<(usize, usize)>,
     /// `ksize` weights per output sample (22-bit fixed point).
@@ -46,10 +46,20 @@ struct Taps {
 
 impl Taps {
     fn bicubic(in_size: usize, out_size: usize) -> Self {
-        const SUPPORT: f64 = 2.0;
+        Self::new(in_size, out_size, 2.0, bicubic_filter)
+    }
+
+    /// The taps of a Pillow filter (`filter`, defined on `[-filter_support, filter_support]`),
+    /// widened by the scale factor when downscaling.
+    pub(super) fn new(
+        in_size: usize,
+        out_size: usize,
+        filter_support: f64,
+        filter: fn(f64) -> f64,
+    ) -> Self {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
-        let support = SUPPORT * filterscale;
+        let support = filter_support * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let ss = 1.0 / filterscale;
         let one = (1u32 << PRECISION_BITS) as f64;
@@ -64,7 +74,7 @@ impl Taps {
             let count = (xmax - xmin).max(0) as usize;
             let mut ww = 0.0;
             for (x, kx) in k.iter_mut().enumerate().take(count) {
-                let w = bicubic_filter(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                let w = filter(((x as i64 + xmin) as f64 - center + 0.5) * ss);
                 *kx = w;
                 ww += w;
             }
@@ -118,6 +128,21 @@ pub fn resize_bicubic(
     out_width: usize,
     out_height: usize,
 ) -> Result<Vec<u8>, ModelError> {
+    resample_8bpc(
+        pixels,
+        (width, height, channels),
+        (out_width, out_height),
+        Taps::bicubic,
+    )
+}
+
+/// Pillow's two-pass 8-bit resampling with the taps `taps(in_size, out_size)` of one axis.
+pub(super) fn resample_8bpc(
+    pixels: &[u8],
+    (width, height, channels): (usize, usize, usize),
+    (out_width, out_height): (usize, usize),
+    taps: fn(usize, usize) -> Taps,
+) -> Result<Vec<u8>, ModelError> {
     if width == 0 || height == 0 || channels == 0 {
         return Err(ModelError::input(
             "image",
@@ -142,7 +167,7 @@ pub fn resize_bicubic(
     }
     // Horizontal pass (skipped by Pillow when the width does not change).
     let (rows, row_width) = if out_width != width {
-        let taps = Taps::bicubic(width, out_width);
+        let taps = taps(width, out_width);
         let mut out = vec![0u8; height * out_width * channels];
         for y in 0..height {
             let row = &pixels[y * width * channels..(y + 1) * width * channels];
@@ -161,7 +186,7 @@ pub fn resize_bicubic(
         return Ok(rows);
     }
     // Vertical pass.
-    let taps = Taps::bicubic(height, out_height);
+    let taps = taps(height, out_height);
     let stride = row_width * channels;
     let mut out = vec![0u8; out_height * stride];
     for y in 0..out_height {

@@ -1,0 +1,139 @@
+//! Where the models live while a pipeline runs, and in which precision.
+
+use burn::tensor::DType;
+use framepack_models::ops::DeviceMemory;
+use serde::{Deserialize, Serialize};
+
+/// How the models are kept in memory (spec §6).
+///
+/// [`MemoryMode::Auto`] (the default) picks [`Resident`](MemoryMode::Resident) when the device
+/// reports at least [`RESIDENT_MIN_FREE_GIB`] GiB free (FramePack's `high_vram` test) or
+/// cannot report at all (the CPU), and [`LowVram`](MemoryMode::LowVram) otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MemoryMode {
+    /// Chosen when the pipeline is built, from the device's free memory.
+    #[default]
+    Auto,
+    /// Every model is loaded onto the device when the pipeline is built and stays there (the
+    /// reference's high-VRAM mode): the transformer (bf16, ~26 GB), LLaMA layers 0–29 (fp16,
+    /// ~14 GB), CLIP-L, SigLIP and the VAE. The VAE decodes with temporal tiles only.
+    Resident,
+    /// FramePack's low-VRAM mode, done our way: the transformer's 60 blocks live in (pinned)
+    /// host memory and are copied to the device just ahead of use, overlapped with compute;
+    /// the text encoders and SigLIP are loaded from their mapped files when a job needs them
+    /// and dropped when it has its embeddings (the prompt cache keeps those); the VAE stays,
+    /// decoding with spatial tiles as well (`vae.enable_tiling()`).
+    LowVram,
+}
+
+/// Free device memory (GiB) at or above which [`MemoryMode::Auto`] keeps everything resident;
+/// FramePack's `high_vram = free_mem_gb > 60`.
+pub const RESIDENT_MIN_FREE_GIB: f64 = 60.0;
+
+impl MemoryMode {
+    /// The concrete mode for a device with `memory` (`None`: the backend cannot tell, as on
+    /// the CPU, where the models live in host memory anyway).
+    pub fn resolve(self, memory: Option<DeviceMemory>) -> MemoryMode {
+        match (self, memory) {
+            (Self::Auto, Some(m)) if (m.free as f64) < RESIDENT_MIN_FREE_GIB * GIB => Self::LowVram,
+            (Self::Auto, _) => Self::Resident,
+            (mode, _) => mode,
+        }
+    }
+
+    /// Whether the transformer blocks stream from host memory and the encoders load on demand.
+    pub fn is_low_vram(self) -> bool {
+        self == Self::LowVram
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+impl std::fmt::Display for MemoryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Resident => "resident",
+            Self::LowVram => "low_vram",
+        })
+    }
+}
+
+impl std::str::FromStr for MemoryMode {
+    type Err = String;
+
+    /// `auto`, `resident` (or `high`), `low_vram` (or `low-vram`, `low`).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "auto" => Ok(Self::Auto),
+            "resident" | "high" | "high_vram" => Ok(Self::Resident),
+            "low_vram" | "low" | "lowvram" => Ok(Self::LowVram),
+            other => Err(format!(
+                "unknown memory mode `{other}` (expected auto, resident or low-vram)"
+            )),
+        }
+    }
+}
+
+/// The compute dtype of each network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dtypes {
+    /// The packed transformer (reference: bf16; its `proj_out` always runs in fp32).
+    pub transformer: DType,
+    /// The VAE (reference: fp16).
+    pub vae: DType,
+    /// LLaMA and CLIP (reference: fp16).
+    pub text: DType,
+    /// SigLIP (reference: fp16).
+    pub image: DType,
+}
+
+impl Dtypes {
+    /// FramePack's dtypes: bf16 transformer, fp16 everything else.
+    pub const fn reference() -> Self {
+        Self {
+            transformer: DType::BF16,
+            vae: DType::F16,
+            text: DType::F16,
+            image: DType::F16,
+        }
+    }
+
+    /// One dtype for every network (e.g. `F32` on a CPU, where half precision is emulated).
+    pub const fn all(dtype: DType) -> Self {
+        Self {
+            transformer: dtype,
+            vae: dtype,
+            text: dtype,
+            image: dtype,
+        }
+    }
+}
+
+impl Default for Dtypes {
+    fn default() -> Self {
+        Self::reference()
+    }
+}
+
+/// The short name of a float dtype (`f32`, `f16`, `bf16`).
+pub fn dtype_name(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "f32".into(),
+        DType::F16 => "f16".into(),
+        DType::BF16 => "bf16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Parses `f32`, `f16`/`fp16` or `bf16`.
+pub fn parse_dtype(s: &str) -> Option<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" | "float32" => Some(DType::F32),
+        "f16" | "fp16" | "float16" => Some(DType::F16),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        _ => None,
+    }
+}
