@@ -9,7 +9,7 @@
 //! ```
 //!
 //! GPU memory is the device's used memory (`total - free`, this process and the CUDA context
-//! included), sampled every 10 ms by a watcher thread. Prints a table last.
+//! included), sampled every 50 ms by a watcher thread. Prints a table last.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +65,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "low-vram".into())
         .parse()?;
     let seconds: f64 = arg("--seconds").map_or(Ok(5.0), |v| v.parse())?;
+    // `--size HxW`: an exact size instead of the 640 bucket table.
+    let size: Option<(u32, u32)> = arg("--size").and_then(|v| {
+        let (h, w) = v.split_once('x')?;
+        Some((h.parse().ok()?, w.parse().ok()?))
+    });
     let steps: usize = arg("--steps").map_or(Ok(25), |v| v.parse())?;
     let device = CudaDevice { index: 0 };
     let mut rows: Vec<(String, String)> = Vec::new();
@@ -77,13 +82,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 peak.fetch_max(used(&device), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
     rows.push(("GPU in use before loading".into(), gib(baseline)));
 
     let start = Instant::now();
+    eprintln!("building ({memory} mode) ...");
     let mut pipeline = Pipeline::<B>::builder_for()
         .device(device.clone())
         .full_size_random(0)
@@ -106,7 +112,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pixels: Vec<u8> = (0..640 * 640 * 3).map(|i| (i % 251) as u8).collect();
     let image = InputImage::from_rgb8(640, 640, pixels)?;
     let request = Request::new(image, "a cat walks across a sunny garden, cinematic")
-        .resolution(Resolution::Base(640))
+        .resolution(match size {
+            Some((height, width)) => Resolution::Exact { height, width },
+            None => Resolution::Base(640),
+        })
         .seconds(seconds)
         .steps(steps)
         .teacache(None);
@@ -126,6 +135,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match p {
             Progress::Stage(s) => {
                 let stage_peak = peak.swap(now, Ordering::Relaxed).max(now);
+                eprintln!(
+                    "{:7.1} s  {s:?} begins; GPU {} (peak of the previous stage {})",
+                    t.elapsed().as_secs_f64(),
+                    gib(now),
+                    gib(stage_peak)
+                );
                 job_peak = job_peak.max(stage_peak);
                 stage_peaks.push((std::mem::take(&mut stage), stage_peak));
                 stage = match s {
@@ -133,8 +148,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     other => format!("{other:?}"),
                 };
             }
-            Progress::Step(s) if s.step == 0 => first_steps.push(s.step_time),
-            Progress::Step(s) => step_times.push(s.step_time),
+            Progress::Step(s) => {
+                eprintln!(
+                    "{:7.1} s  section {} step {}: {:.3} s, GPU {}",
+                    t.elapsed().as_secs_f64(),
+                    s.section,
+                    s.step,
+                    s.step_time.as_secs_f64(),
+                    gib(now)
+                );
+                if s.step == 0 {
+                    first_steps.push(s.step_time)
+                } else {
+                    step_times.push(s.step_time)
+                }
+            }
             Progress::Section(s) => eprintln!(
                 "section {}/{}: {:.1} s, GPU {}",
                 s.section + 1,

@@ -10,11 +10,13 @@
 //! `--reference` takes the files written by `../shared/perf/ref_transformer.py` with `SAVE=`:
 //! the weights, and `<path>.io.safetensors` with the inputs and the reference output.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use framepack_models::cuda::{
-    device_report, engine_summary, set_hopper_attention, CudaBackend as B, CudaDevice,
+    device_report, engine_summary, pool_usage, set_hopper_attention, CudaBackend as B, CudaDevice,
 };
 use framepack_models::transformer::{
     BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
@@ -247,17 +249,37 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
         .expect("random model");
         B::sync(device).expect("sync");
         let build = start.elapsed().as_secs_f64();
+        // Loading leaves conversion buffers in the pool: hand them back, as the pipeline does.
+        B::memory_cleanup(device);
         let inputs = default_inputs(&config, device);
+        // A watcher samples the device's used memory every 20 ms during the forwards.
+        let peak = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if let Some((_, used, _)) = device_report(0) {
+                        peak.fetch_max(used, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+        };
         let t = time(iters, device, || {
             drop(model.forward(&inputs).expect("forward"))
         });
-        let (_, used, _) = device_report(0).unwrap_or_default();
+        done.store(true, Ordering::Relaxed);
+        watcher.join().ok();
+        let (in_use, reserved) = pool_usage(device);
         rows.push((
             format!("{residency:?} blocks: forward"),
             format!(
-                "median {t:.3} s of {iters} (build {build:.1} s); GPU in use {:.2} GiB (before load {:.2} GiB); host blocks {:.1} GiB; peak RSS so far {:.1} GiB",
-                gib(used),
+                "median {t:.3} s of {iters} (build {build:.1} s); GPU peak {:.2} GiB (device used, idle before load {:.2} GiB); pool after: {:.2} GiB in use, {:.2} GiB reserved; host blocks {:.1} GiB; peak RSS so far {:.1} GiB",
+                gib(peak.load(Ordering::Relaxed)),
                 gib(before),
+                gib(in_use as usize),
+                gib(reserved as usize),
                 gib(model.streamed_host_bytes()),
                 gib(peak_rss())
             ),
@@ -266,10 +288,11 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
         drop(model);
         drop(inputs);
         B::sync(device).expect("sync");
+        B::memory_cleanup(device);
     }
     rows.push((
         "streamed / resident".into(),
-        format!("{:.2}x per forward", times[1] / times[0]),
+        format!("{:.2}x per forward", times[0] / times[1]),
     ));
 }
 
