@@ -79,6 +79,22 @@ fn dense_matches_portable() {
         both(|| B::dense_gelu(x.clone(), w.clone(), Some(b.clone()))),
         1e-2,
     );
+    // fp16 (the text and image encoders, the VAE)
+    let (x16, w16, b16) = (
+        x.clone().cast(DType::F16),
+        w.clone().cast(DType::F16),
+        b.clone().cast(DType::F16),
+    );
+    check(
+        "dense+bias fp16",
+        both(|| B::dense(x16.clone(), w16.clone(), Some(b16.clone()))),
+        1e-2,
+    );
+    check(
+        "dense+gelu fp16",
+        both(|| B::dense_gelu(x16.clone(), w16.clone(), Some(b16.clone()))),
+        1e-2,
+    );
     // fp32 (the transformer's proj_out)
     let (x32, w32) = (x.clone().cast(DType::F32), w.clone().cast(DType::F32));
     check(

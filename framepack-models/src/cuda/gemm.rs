@@ -1,4 +1,4 @@
-//! Dense layers through cuBLASLt: bf16 (or fp32) operands, fp32 accumulation, bias and GELU
+//! Dense layers through cuBLASLt: bf16, fp16 or fp32 operands, fp32 accumulation, bias and GELU
 //! fused into the epilogue.
 //!
 //! Row-major `y[M, N] = x[M, K] · W[N, K]ᵀ + b` is column-major `yᵀ = op(W) · xᵀ` with
@@ -31,6 +31,8 @@ pub(crate) enum Epilogue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum GemmType {
     Bf16,
+    /// fp16 (the text and image encoders and the VAE run in fp16, as the reference).
+    F16,
     F32,
 }
 
@@ -147,6 +149,10 @@ impl Gemm {
         let (data, compute) = match key.ty {
             GemmType::Bf16 => (
                 sys::cudaDataType_t::CUDA_R_16BF,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
+            GemmType::F16 => (
+                sys::cudaDataType_t::CUDA_R_16F,
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             ),
             GemmType::F32 => (

@@ -126,6 +126,7 @@ fn dense_tuned<const D: usize>(
     let dtype = x.dtype();
     let ty = match dtype {
         DType::BF16 => GemmType::Bf16,
+        DType::F16 => GemmType::F16,
         DType::F32 => GemmType::F32,
         _ => return None,
     };
