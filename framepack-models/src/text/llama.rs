@@ -345,6 +345,16 @@ pub struct LlamaTextEncoder<B: FramePackBackend> {
 /// Loads decoder layer `i` onto the device.
 type LayerLoader<B> = Arc<dyn Fn(usize) -> Result<LlamaDecoderLayer<B>, ModelError> + Send + Sync>;
 
+/// `model.` for checkpoints saved from `LlamaForCausalLM` (keys like
+/// `model.embed_tokens.weight`), else nothing.
+fn key_prefix(files: &CheckpointFiles) -> &'static str {
+    if !files.contains("embed_tokens.weight") && files.contains("model.embed_tokens.weight") {
+        "model."
+    } else {
+        ""
+    }
+}
+
 /// Where the decoder layers' weights live.
 #[derive(Clone)]
 enum Layers<B: FramePackBackend> {
@@ -449,13 +459,7 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let prefix = if !files.contains("embed_tokens.weight")
-            && files.contains("model.embed_tokens.weight")
-        {
-            "model."
-        } else {
-            ""
-        };
+        let prefix = key_prefix(&files);
         let mut src = SafetensorsSource::new(files, device).with_prefix(prefix);
         let model = Self::load(&mut src, config, dtype)?;
         let unused = model.config.clone();
@@ -472,13 +476,7 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let prefix = if !files.contains("embed_tokens.weight")
-            && files.contains("model.embed_tokens.weight")
-        {
-            "model."
-        } else {
-            ""
-        };
+        let prefix = key_prefix(&files);
         let mut recorder = ManifestRecorder::<B>::new(device);
         Self::load(&mut recorder, config.clone(), dtype)?;
         let unused = config.clone();

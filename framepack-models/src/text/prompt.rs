@@ -178,18 +178,11 @@ impl<B: FramePackBackend> TextEncoders<B> {
         overflow: PromptOverflow,
         revision: impl Into<String>,
     ) -> Result<Self, ModelError> {
-        let llama_tokenizer = LlamaTokenizer::from_file(&folders.tokenizer)?;
-        let clip_tokenizer = ClipTokenizer::from_folder(&folders.tokenizer_2)?;
+        let tokenizers = Self::tokenizers(folders)?;
         let llama = LlamaTextEncoder::from_folder(&folders.text_encoder, device, dtype)?;
-        let clip = ClipTextEncoder::from_folder(&folders.text_encoder_2, device, dtype)?;
-        Ok(Self::new(
-            llama,
-            llama_tokenizer,
-            clip,
-            clip_tokenizer,
-            overflow,
-            revision,
-        ))
+        Self::load_with(
+            tokenizers, llama, folders, device, dtype, overflow, revision,
+        )
     }
 
     /// [`TextEncoders::load`] with LLaMA's layers read one at a time during each encode
@@ -202,16 +195,39 @@ impl<B: FramePackBackend> TextEncoders<B> {
         overflow: PromptOverflow,
         revision: impl Into<String>,
     ) -> Result<Self, ModelError> {
-        let llama_tokenizer = LlamaTokenizer::from_file(&folders.tokenizer)?;
-        let clip_tokenizer = ClipTokenizer::from_folder(&folders.tokenizer_2)?;
+        let tokenizers = Self::tokenizers(folders)?;
         let llama_folder = &folders.text_encoder;
-        let config = LlamaConfig::from_file(llama_folder.join("config.json"))?;
         let llama = LlamaTextEncoder::from_checkpoint_layerwise(
             CheckpointFiles::open(llama_folder)?,
-            config,
+            LlamaConfig::from_file(llama_folder.join("config.json"))?,
             device,
             dtype,
         )?;
+        Self::load_with(
+            tokenizers, llama, folders, device, dtype, overflow, revision,
+        )
+    }
+
+    /// Both tokenizers, read before any weights so that a missing one fails fast.
+    fn tokenizers(
+        folders: &TextEncoderFolders,
+    ) -> Result<(LlamaTokenizer, ClipTokenizer), ModelError> {
+        Ok((
+            LlamaTokenizer::from_file(&folders.tokenizer)?,
+            ClipTokenizer::from_folder(&folders.tokenizer_2)?,
+        ))
+    }
+
+    /// CLIP from `folders`, around the tokenizers and an already loaded LLaMA.
+    fn load_with(
+        (llama_tokenizer, clip_tokenizer): (LlamaTokenizer, ClipTokenizer),
+        llama: LlamaTextEncoder<B>,
+        folders: &TextEncoderFolders,
+        device: &B::Device,
+        dtype: DType,
+        overflow: PromptOverflow,
+        revision: impl Into<String>,
+    ) -> Result<Self, ModelError> {
         let clip = ClipTextEncoder::from_folder(&folders.text_encoder_2, device, dtype)?;
         Ok(Self::new(
             llama,
