@@ -269,3 +269,114 @@ impl<B: FramePackBackend> PatchEmbed<B> {
         &mut self.proj
     }
 }
+
+/// How an [`EncoderLayer`] attends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderAttention {
+    /// Token `i` sees tokens `0..=i` (CLIP's text tower).
+    Causal,
+    /// Every token sees every token (SigLIP).
+    Bidirectional,
+}
+
+/// The MLP activation of an [`EncoderLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderActivation {
+    /// `u · σ(1.702 u)`, op by op in the compute dtype (CLIP-L's `quick_gelu`).
+    QuickGelu,
+    /// Exact (erf) GELU in fp32, rounded back (transformers' `gelu`).
+    Gelu,
+    /// GELU with the tanh approximation (SigLIP's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// The pre-LN encoder layer of transformers' CLIP and SigLIP towers (`encoder.layers.{i}`):
+/// `x += out_proj(attn(LN1(x)))`, then `x += fc2(act(fc1(LN2(x))))`.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer<B: FramePackBackend> {
+    layer_norm1: LayerNorm<B>,
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    out_proj: Linear<B>,
+    layer_norm2: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    heads: usize,
+    attention: EncoderAttention,
+    activation: EncoderActivation,
+}
+
+/// The shape of an [`EncoderLayer`].
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderLayerConfig {
+    /// Model width.
+    pub hidden: usize,
+    /// MLP width.
+    pub mlp: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+    /// How tokens attend.
+    pub attention: EncoderAttention,
+    /// The MLP activation.
+    pub activation: EncoderActivation,
+}
+
+impl<B: FramePackBackend> EncoderLayer<B> {
+    /// Loads `{prefix}.layer_norm1`, `.self_attn.{q,k,v,out}_proj`, `.layer_norm2` and
+    /// `.mlp.fc{1,2}`.
+    pub fn load<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        c: EncoderLayerConfig,
+        dtype: DType,
+    ) -> Result<Self, WeightError> {
+        let p = |name: &str| join(prefix, name);
+        let (d, mlp, eps) = (c.hidden, c.mlp, c.eps);
+        Ok(Self {
+            layer_norm1: LayerNorm::load(src, &p("layer_norm1"), d, eps, dtype)?,
+            q_proj: Linear::load(src, &p("self_attn.q_proj"), d, d, true, dtype)?,
+            k_proj: Linear::load(src, &p("self_attn.k_proj"), d, d, true, dtype)?,
+            v_proj: Linear::load(src, &p("self_attn.v_proj"), d, d, true, dtype)?,
+            out_proj: Linear::load(src, &p("self_attn.out_proj"), d, d, true, dtype)?,
+            layer_norm2: LayerNorm::load(src, &p("layer_norm2"), d, eps, dtype)?,
+            fc1: Linear::load(src, &p("mlp.fc1"), d, mlp, true, dtype)?,
+            fc2: Linear::load(src, &p("mlp.fc2"), mlp, d, true, dtype)?,
+            heads: c.heads,
+            attention: c.attention,
+            activation: c.activation,
+        })
+    }
+
+    /// The layer on `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, d / self.heads]);
+        let h = self.layer_norm1.forward(x.clone());
+        let (q, k, v) = (
+            split(self.q_proj.forward(h.clone())),
+            split(self.k_proj.forward(h.clone())),
+            split(self.v_proj.forward(h)),
+        );
+        let attn = match self.attention {
+            EncoderAttention::Causal => B::attend_causal(q, k, v),
+            EncoderAttention::Bidirectional => B::attend(q, k, v, None),
+        };
+        let x = x + self.out_proj.forward(attn.reshape([b, s, d]));
+
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        let h = match self.activation {
+            EncoderActivation::QuickGelu => {
+                h.clone() * burn::tensor::activation::sigmoid(h.mul_scalar(1.702))
+            }
+            EncoderActivation::Gelu => {
+                let dtype = h.dtype();
+                burn::tensor::activation::gelu(h.cast(DType::F32)).cast(dtype)
+            }
+            EncoderActivation::GeluTanh => B::gelu_tanh(h),
+        };
+        x + self.fc2.forward(h)
+    }
+}

@@ -7,11 +7,11 @@
 
 use std::path::Path;
 
-use burn::tensor::{activation, DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::error::ModelError;
-use crate::nn::{LayerNorm, Linear};
+use crate::nn::{EncoderActivation, EncoderAttention, EncoderLayer, EncoderLayerConfig, LayerNorm};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
 
@@ -120,66 +120,21 @@ impl ClipTextConfig {
     pub fn is_unused_key(key: &str) -> bool {
         key.ends_with("position_ids")
     }
-}
 
-/// One pre-LN encoder layer (`encoder.layers.{i}`) with causal attention.
-#[derive(Debug, Clone)]
-struct ClipEncoderLayer<B: FramePackBackend> {
-    layer_norm1: LayerNorm<B>,
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    out_proj: Linear<B>,
-    layer_norm2: LayerNorm<B>,
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-    heads: usize,
-    quick_gelu: bool,
-}
-
-impl<B: FramePackBackend> ClipEncoderLayer<B> {
-    fn load<S: TensorSource<B>>(
-        src: &mut S,
-        prefix: &str,
-        c: &ClipTextConfig,
-        dtype: DType,
-    ) -> Result<Self, WeightError> {
-        let p = |name: &str| join(prefix, name);
-        let (d, mlp, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
-        Ok(Self {
-            layer_norm1: LayerNorm::load(src, &p("layer_norm1"), d, eps, dtype)?,
-            q_proj: Linear::load(src, &p("self_attn.q_proj"), d, d, true, dtype)?,
-            k_proj: Linear::load(src, &p("self_attn.k_proj"), d, d, true, dtype)?,
-            v_proj: Linear::load(src, &p("self_attn.v_proj"), d, d, true, dtype)?,
-            out_proj: Linear::load(src, &p("self_attn.out_proj"), d, d, true, dtype)?,
-            layer_norm2: LayerNorm::load(src, &p("layer_norm2"), d, eps, dtype)?,
-            fc1: Linear::load(src, &p("mlp.fc1"), d, mlp, true, dtype)?,
-            fc2: Linear::load(src, &p("mlp.fc2"), mlp, d, true, dtype)?,
-            heads: c.num_attention_heads,
-            quick_gelu: c.hidden_act == "quick_gelu",
-        })
-    }
-
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
-        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, d / self.heads]);
-        let h = self.layer_norm1.forward(x.clone());
-        let attn = B::attend_causal(
-            split(self.q_proj.forward(h.clone())),
-            split(self.k_proj.forward(h.clone())),
-            split(self.v_proj.forward(h)),
-        );
-        let x = x + self.out_proj.forward(attn.reshape([b, s, d]));
-
-        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
-        let h = if self.quick_gelu {
-            // u · σ(1.702 u), op by op in the compute dtype as the reference.
-            h.clone() * activation::sigmoid(h.mul_scalar(1.702))
-        } else {
-            let dtype = h.dtype();
-            activation::gelu(h.cast(DType::F32)).cast(dtype)
-        };
-        x + self.fc2.forward(h)
+    /// The shape of one encoder layer: causal attention, `quick_gelu` (else exact GELU).
+    fn encoder_layer(&self) -> EncoderLayerConfig {
+        EncoderLayerConfig {
+            hidden: self.hidden_size,
+            mlp: self.intermediate_size,
+            heads: self.num_attention_heads,
+            eps: self.layer_norm_eps,
+            attention: EncoderAttention::Causal,
+            activation: if self.hidden_act == "quick_gelu" {
+                EncoderActivation::QuickGelu
+            } else {
+                EncoderActivation::Gelu
+            },
+        }
     }
 }
 
@@ -202,7 +157,7 @@ pub struct ClipTextEncoder<B: FramePackBackend> {
     dtype: DType,
     token_embedding: Tensor<B, 2>,
     position_embedding: Tensor<B, 2>,
-    layers: Vec<ClipEncoderLayer<B>>,
+    layers: Vec<EncoderLayer<B>>,
     final_layer_norm: LayerNorm<B>,
 }
 
@@ -234,10 +189,10 @@ impl<B: FramePackBackend> ClipTextEncoder<B> {
                 )?,
                 layers: (0..config.num_hidden_layers)
                     .map(|i| {
-                        ClipEncoderLayer::load(
+                        EncoderLayer::load(
                             src,
                             &p(&format!("encoder.layers.{i}")),
-                            &config,
+                            config.encoder_layer(),
                             dtype,
                         )
                     })

@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use super::preprocess::SiglipImageProcessor;
 use crate::error::ModelError;
-use crate::nn::{LayerNorm, Linear};
+use crate::nn::{
+    EncoderActivation, EncoderAttention, EncoderLayer, EncoderLayerConfig, LayerNorm, Linear,
+};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
 
@@ -138,58 +140,6 @@ impl SiglipVisionConfig {
     }
 }
 
-/// One pre-LN encoder layer (`encoder.layers.{i}`) with bidirectional attention.
-#[derive(Debug, Clone)]
-struct SiglipEncoderLayer<B: FramePackBackend> {
-    layer_norm1: LayerNorm<B>,
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    out_proj: Linear<B>,
-    layer_norm2: LayerNorm<B>,
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-    heads: usize,
-}
-
-impl<B: FramePackBackend> SiglipEncoderLayer<B> {
-    fn load<S: TensorSource<B>>(
-        src: &mut S,
-        prefix: &str,
-        c: &SiglipVisionConfig,
-        dtype: DType,
-    ) -> Result<Self, WeightError> {
-        let p = |name: &str| join(prefix, name);
-        let (d, mlp, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
-        Ok(Self {
-            layer_norm1: LayerNorm::load(src, &p("layer_norm1"), d, eps, dtype)?,
-            q_proj: Linear::load(src, &p("self_attn.q_proj"), d, d, true, dtype)?,
-            k_proj: Linear::load(src, &p("self_attn.k_proj"), d, d, true, dtype)?,
-            v_proj: Linear::load(src, &p("self_attn.v_proj"), d, d, true, dtype)?,
-            out_proj: Linear::load(src, &p("self_attn.out_proj"), d, d, true, dtype)?,
-            layer_norm2: LayerNorm::load(src, &p("layer_norm2"), d, eps, dtype)?,
-            fc1: Linear::load(src, &p("mlp.fc1"), d, mlp, true, dtype)?,
-            fc2: Linear::load(src, &p("mlp.fc2"), mlp, d, true, dtype)?,
-            heads: c.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
-        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, d / self.heads]);
-        let h = self.layer_norm1.forward(x.clone());
-        let attn = B::attend(
-            split(self.q_proj.forward(h.clone())),
-            split(self.k_proj.forward(h.clone())),
-            split(self.v_proj.forward(h)),
-            None,
-        );
-        let x = x + self.out_proj.forward(attn.reshape([b, s, d]));
-        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
-        x + self.fc2.forward(B::gelu_tanh(h))
-    }
-}
-
 /// The SigLIP vision tower without its pooling head.
 #[derive(Debug, Clone)]
 pub struct SiglipVisionEncoder<B: FramePackBackend> {
@@ -198,7 +148,7 @@ pub struct SiglipVisionEncoder<B: FramePackBackend> {
     /// The Conv2d kernel `[hidden, channels, p, p]` viewed as `[hidden, channels·p·p]`.
     patch_embedding: Linear<B>,
     position_embedding: Tensor<B, 2>,
-    layers: Vec<SiglipEncoderLayer<B>>,
+    layers: Vec<EncoderLayer<B>>,
     post_layernorm: LayerNorm<B>,
 }
 
@@ -232,10 +182,17 @@ impl<B: FramePackBackend> SiglipVisionEncoder<B> {
                 )?,
                 layers: (0..config.num_hidden_layers)
                     .map(|i| {
-                        SiglipEncoderLayer::load(
+                        EncoderLayer::load(
                             src,
                             &p(&format!("encoder.layers.{i}")),
-                            &config,
+                            EncoderLayerConfig {
+                                hidden: config.hidden_size,
+                                mlp: config.intermediate_size,
+                                heads: config.num_attention_heads,
+                                eps: config.layer_norm_eps,
+                                attention: EncoderAttention::Bidirectional,
+                                activation: EncoderActivation::GeluTanh,
+                            },
                             dtype,
                         )
                     })
