@@ -67,6 +67,20 @@ pub enum Error {
         /// `tokens - max`.
         excess: usize,
     },
+    /// A network's compute dtype is one the device cannot compute in (bf16 on wgpu).
+    #[error(
+        "the {network} cannot run in {dtype} on {device}: the device does not support it; \
+         choose another dtype (`--dtype f32` always works)"
+    )]
+    UnsupportedDtype {
+        /// `transformer`, `vae`, `text` or `image`.
+        network: &'static str,
+        /// The dtype asked for.
+        dtype: String,
+        /// The backend and device.
+        device: String,
+    },
+
     /// The requested device or backend is not available.
     #[error("device `{device}` is not available: {reason}")]
     DeviceUnavailable {

@@ -1,6 +1,6 @@
 //! Where the models live while a pipeline runs, and in which precision.
 
-use burn::tensor::DType;
+use burn::tensor::{backend::Backend, DType};
 use framepack_models::ops::DeviceMemory;
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +101,29 @@ impl Dtypes {
         }
     }
 
+    /// The dtypes a device computes best in: the reference's where it has bf16 (CUDA, the
+    /// CPU backend), fp16 for every network where it has fp16 but no bf16 (wgpu: WGSL has no
+    /// bf16; most Vulkan / Metal / DX12 adapters offer `shader-f16`), else fp32.
+    pub fn for_device<B: Backend>(device: &B::Device) -> Self {
+        if B::supports_dtype(device, DType::BF16) {
+            Self::reference()
+        } else if B::supports_dtype(device, DType::F16) {
+            Self::all(DType::F16)
+        } else {
+            Self::all(DType::F32)
+        }
+    }
+
+    /// Each network's name and dtype, in the order transformer, VAE, text, image.
+    pub fn named(&self) -> [(&'static str, DType); 4] {
+        [
+            ("transformer", self.transformer),
+            ("vae", self.vae),
+            ("text", self.text),
+            ("image", self.image),
+        ]
+    }
+
     /// One dtype for every network (e.g. `F32` on a CPU, where half precision is emulated).
     pub const fn all(dtype: DType) -> Self {
         Self {
@@ -109,6 +132,18 @@ impl Dtypes {
             text: dtype,
             image: dtype,
         }
+    }
+}
+
+impl std::fmt::Display for Dtypes {
+    /// `transformer bf16, vae f16, text f16, image f16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .named()
+            .iter()
+            .map(|(name, d)| format!("{name} {}", dtype_name(*d)))
+            .collect();
+        f.write_str(&parts.join(", "))
     }
 }
 
@@ -135,5 +170,22 @@ pub fn parse_dtype(s: &str) -> Option<DType> {
         "f16" | "fp16" | "float16" => Some(DType::F16),
         "bf16" | "bfloat16" => Some(DType::BF16),
         _ => None,
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_backend_gets_the_reference_dtypes_and_names_them() {
+        // burn-flex computes in bf16 and f16, so nothing is downgraded.
+        let dtypes = Dtypes::for_device::<framepack_models::CpuBackend>(&Default::default());
+        assert_eq!(dtypes, Dtypes::reference());
+        assert_eq!(
+            dtypes.to_string(),
+            "transformer bf16, vae f16, text f16, image f16"
+        );
+        assert_eq!(Dtypes::all(DType::F32).named()[1], ("vae", DType::F32));
     }
 }

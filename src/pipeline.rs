@@ -77,7 +77,8 @@ pub struct PipelineBuilder<B: FramePackBackend> {
     locations: ModelLocations,
     random: Option<(u64, Scale)>,
     device: B::Device,
-    dtypes: Dtypes,
+    /// `None`: [`Dtypes::for_device`] when the pipeline is built.
+    dtypes: Option<Dtypes>,
     memory: MemoryMode,
     mode: Mode,
     prompt_cache: Option<PathBuf>,
@@ -147,13 +148,14 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
 
     /// One compute dtype for every network.
     pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtypes = Dtypes::all(dtype);
+        self.dtypes = Some(Dtypes::all(dtype));
         self
     }
 
-    /// A compute dtype per network (default: [`Dtypes::reference`]).
+    /// A compute dtype per network (default: [`Dtypes::for_device`]: the reference's bf16 /
+    /// fp16 where the device has bf16, else fp16, else fp32).
     pub fn dtypes(mut self, dtypes: Dtypes) -> Self {
-        self.dtypes = dtypes;
+        self.dtypes = Some(dtypes);
         self
     }
 
@@ -230,7 +232,18 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
             None => Source::Pretrained(self.locations.clone()),
         };
         let device = self.device;
-        let dtypes = self.dtypes;
+        let dtypes = self
+            .dtypes
+            .unwrap_or_else(|| Dtypes::for_device::<B>(&device));
+        for (network, dtype) in dtypes.named() {
+            if !B::supports_dtype(&device, dtype) {
+                return Err(Error::UnsupportedDtype {
+                    network,
+                    dtype: dtype_name(dtype),
+                    device: format!("{} ({device:?})", B::name(&device)),
+                });
+            }
+        }
         let memory = self.memory.resolve(B::device_memory(&device));
         let low_vram = memory.is_low_vram();
         let residency = if low_vram {
@@ -722,14 +735,14 @@ impl Pipeline {
 }
 
 impl<B: FramePackBackend> Pipeline<B> {
-    /// A builder for a pipeline on backend `B`, on its default device, with the reference
-    /// dtypes, the memory mode chosen from the device's free memory, and the published checkpoints from the standard caches.
+    /// A builder for a pipeline on backend `B`, on its default device, with the dtypes of
+    /// [`Dtypes::for_device`], the memory mode chosen from the device's free memory, and the published checkpoints from the standard caches.
     pub fn builder_for() -> PipelineBuilder<B> {
         PipelineBuilder {
             locations: ModelLocations::default(),
             random: None,
             device: B::Device::default(),
-            dtypes: Dtypes::reference(),
+            dtypes: None,
             memory: MemoryMode::Auto,
             mode: Mode::Inverted,
             prompt_cache: None,
@@ -965,15 +978,12 @@ impl<B: FramePackBackend> Pipeline<B> {
                 revisions: self.revisions.clone(),
             },
         };
-        let dtypes = [
-            ("transformer", self.dtypes.transformer),
-            ("vae", self.dtypes.vae),
-            ("text", self.dtypes.text),
-            ("image", self.dtypes.image),
-        ]
-        .into_iter()
-        .map(|(k, d)| (k.to_string(), dtype_name(d)))
-        .collect();
+        let dtypes = self
+            .dtypes
+            .named()
+            .into_iter()
+            .map(|(k, d)| (k.to_string(), dtype_name(d)))
+            .collect();
         RunRecord {
             format: RECORD_FORMAT.into(),
             version: RECORD_VERSION,

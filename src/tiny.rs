@@ -91,18 +91,20 @@ fn clip_config(scale: Scale) -> ClipTextConfig {
 }
 
 /// Each network draws from its own seed, so that one can be rebuilt alone (the low-VRAM
-/// mode loads the encoders on demand) and still get the same weights.
+/// mode loads the encoders on demand) and still get the same weights. Tiny weights are drawn
+/// on the host, the same on every backend (a GPU run can be checked against the CPU); the
+/// full-size ones on the device, where 13 B values are drawn in moments.
 fn source<B: FramePackBackend>(
     device: &B::Device,
     seed: u64,
     network: u64,
     scale: Scale,
 ) -> RandomSource<B> {
-    RandomSource::new(
-        device,
-        seed.wrapping_mul(0x9e37_79b9).wrapping_add(network),
-        scale.weight_std(),
-    )
+    let seed = seed.wrapping_mul(0x9e37_79b9).wrapping_add(network);
+    match scale {
+        Scale::Tiny => RandomSource::host(device, seed, scale.weight_std()),
+        Scale::Full => RandomSource::new(device, seed, scale.weight_std()),
+    }
 }
 
 /// The random transformer of `seed` (also used when a pipeline switches between the inverted and
@@ -139,8 +141,8 @@ pub(crate) fn vae<B: FramePackBackend>(
 /// The random LLaMA and CLIP towers of `seed`.
 ///
 /// `layerwise`: LLaMA's layers are drawn anew, one at a time, during each encode (the
-/// low-VRAM mode's behaviour; the weights then differ between calls, which a benchmark of
-/// memory and speed does not mind).
+/// low-VRAM mode's behaviour; at full size the weights then differ between calls, which a
+/// benchmark of memory and speed does not mind; tiny ones are drawn the same each time).
 pub(crate) fn text_encoders<B: FramePackBackend>(
     device: &B::Device,
     seed: u64,

@@ -24,31 +24,12 @@ use framepack_models::transformer::{
 use framepack_models::weights::{CheckpointFiles, RandomSource, SafetensorsSource};
 use framepack_models::FramePackBackend;
 
-/// FLOPs of one forward at 640x608, window 9, 32 text tokens (shared/spec/models.md 7.1).
-const FORWARD_FLOPS: f64 = 494.1e12;
+mod bench;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time(iters: usize, device: &CudaDevice, mut f: impl FnMut()) -> f64 {
-    f();
-    B::sync(device).expect("sync");
-    median(
-        (0..iters)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                B::sync(device).expect("sync");
-                start.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
+use bench::{default_inputs, peak_rss, print_table, time, Args, FORWARD_FLOPS};
 
 fn randn<const D: usize>(shape: [usize; D], device: &CudaDevice) -> Tensor<B, D> {
-    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(DType::BF16)
+    bench::randn(shape, device, DType::BF16)
 }
 
 fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
@@ -74,7 +55,7 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
         let x = randn([1, m, k], device);
         let w = randn([n, k], device).mul_scalar(0.02);
         let b = randn([n], device);
-        let t = time(iters, device, || {
+        let t = time::<B>(iters, device, || {
             let y = if gelu {
                 B::dense_gelu(x.clone(), w.clone(), Some(b.clone()))
             } else {
@@ -94,7 +75,7 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
             let q = randn([1, seq, 24, 128], device);
             let k = randn([1, seq, 24, 128], device);
             let v = randn([1, seq, 24, 128], device);
-            let t = time(iters, device, || {
+            let t = time::<B>(iters, device, || {
                 drop(B::attend(q.clone(), k.clone(), v.clone(), None))
             });
             let tflops = 4.0 * (seq * seq * 128 * 24) as f64 / t / 1e12;
@@ -108,7 +89,7 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
     let x = randn([1, 17500, 3072], device);
     let shift = randn([1, 1, 3072], device);
     let scale = randn([1, 1, 3072], device);
-    let t = time(iters, device, || {
+    let t = time::<B>(iters, device, || {
         drop(B::layer_norm_modulate(
             x.clone(),
             shift.clone(),
@@ -128,7 +109,7 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
     let w = randn([128], device);
     let cos = Tensor::<B, 2>::random([17500, 128], Distribution::Uniform(-1.0, 1.0), device);
     let sin = cos.clone();
-    let t = time(iters, device, || {
+    let t = time::<B>(iters, device, || {
         drop(B::rms_norm_rope(
             h.clone(),
             w.clone(),
@@ -142,7 +123,7 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
         format!("{:.3} ms", t * 1e3),
     ));
     let y = randn([1, 17500, 3072], device);
-    let t = time(iters, device, || {
+    let t = time::<B>(iters, device, || {
         drop(B::gated_residual(x.clone(), shift.clone(), y.clone()))
     });
     rows.push((
@@ -153,32 +134,6 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
             3.0 * 17500.0 * 3072.0 * 2.0 / t / 1e9
         ),
     ));
-}
-
-fn default_inputs(config: &TransformerConfig, device: &CudaDevice) -> TransformerInputs<B> {
-    let (h, w) = (80, 76);
-    TransformerInputs {
-        latents: randn([1, 16, 9, h, w], device),
-        latent_indices: (1..10).map(|i| i as f32).collect(),
-        timestep: vec![996.0],
-        guidance: vec![9984.0],
-        text: randn([1, 512, config.text_embed_dim], device),
-        text_lengths: vec![32],
-        pooled_text: randn([1, config.pooled_projection_dim], device),
-        image_embeddings: randn([1, 729, config.image_proj_dim], device),
-        clean: Some(ContextGroup {
-            latents: randn([1, 16, 2, h, w], device),
-            indices: vec![0.0, 10.0],
-        }),
-        clean_2x: Some(ContextGroup {
-            latents: randn([1, 16, 2, h, w], device),
-            indices: vec![11.0, 12.0],
-        }),
-        clean_4x: Some(ContextGroup {
-            latents: randn([1, 16, 16, h, w], device),
-            indices: (13..29).map(|i| i as f32).collect(),
-        }),
-    }
 }
 
 fn reference_inputs(io: &CheckpointFiles, device: &CudaDevice) -> TransformerInputs<B> {
@@ -216,18 +171,6 @@ fn reference_inputs(io: &CheckpointFiles, device: &CudaDevice) -> TransformerInp
     }
 }
 
-/// Peak resident set size of this process (VmHWM), in bytes.
-fn peak_rss() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Resident vs streamed blocks on the same random weights: forward time, GPU memory, host
 /// memory.
 fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, String)>) {
@@ -251,7 +194,7 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
         let build = start.elapsed().as_secs_f64();
         // Loading leaves conversion buffers in the pool: hand them back, as the pipeline does.
         B::memory_cleanup(device);
-        let inputs = default_inputs(&config, device);
+        let inputs = default_inputs::<B>(&config, device, DType::BF16);
         // A watcher samples the device's used memory every 20 ms during the forwards.
         let peak = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
@@ -266,7 +209,7 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
                 }
             })
         };
-        let t = time(iters, device, || {
+        let t = time::<B>(iters, device, || {
             drop(model.forward(&inputs).expect("forward"))
         });
         done.store(true, Ordering::Relaxed);
@@ -297,15 +240,9 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let iters: usize = arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5);
-    let reference = arg("--reference");
+    let args = Args::from_env();
+    let iters: usize = args.parsed("--iters", 5);
+    let reference = args.value("--reference");
     let device = CudaDevice { index: 0 };
     let mut rows: Vec<(String, String)> = Vec::new();
     if let Some((name, _, total)) = device_report(0) {
@@ -315,16 +252,13 @@ fn main() {
         ));
     }
     rows.push(("tuned path".into(), engine_summary(0)));
-    if !args.iter().any(|a| a == "--skip-ops") {
+    if !args.flag("--skip-ops") {
         op_rates(&device, &mut rows);
     }
 
-    if args.iter().any(|a| a == "--memory-modes") {
+    if args.flag("--memory-modes") {
         memory_modes(&device, iters, &mut rows);
-        println!("\n| measurement | result |\n|---|---|");
-        for (k, v) in rows {
-            println!("| {k} | {v} |");
-        }
+        print_table(&rows);
         return;
     }
 
@@ -346,7 +280,11 @@ fn main() {
             let mut src = RandomSource::<B>::new(&device, 0, 0.02);
             let model = FramePackTransformer::load(&mut src, config.clone(), DType::BF16)
                 .expect("random model");
-            (model, default_inputs(&config, &device), None)
+            (
+                model,
+                default_inputs::<B>(&config, &device, DType::BF16),
+                None,
+            )
         }
     };
     B::sync(&device).expect("sync");
@@ -364,7 +302,7 @@ fn main() {
     ));
 
     let mut out = None;
-    let t = time(iters, &device, || {
+    let t = time::<B>(iters, &device, || {
         out = Some(model.forward(&inputs).expect("forward"))
     });
     let out = out.expect("forward ran");
@@ -394,8 +332,5 @@ fn main() {
             format!("{:.3e}", (diff / norm).sqrt()),
         ));
     }
-    println!("\n| measurement | result |\n|---|---|");
-    for (k, v) in rows {
-        println!("| {k} | {v} |");
-    }
+    print_table(&rows);
 }

@@ -14,64 +14,16 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use framepack_models::cuda::{device_report, engine_summary, CudaBackend as B, CudaDevice};
 use framepack_models::lora::{LoraFile, LoraSet, LoraSource};
-use framepack_models::transformer::{
-    ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
-};
+use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
 use framepack_models::weights::RandomSource;
 use safetensors::{tensor::TensorView, Dtype};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod bench;
 
-fn time(iters: usize, device: &CudaDevice, mut f: impl FnMut()) -> f64 {
-    f();
-    B::sync(device).expect("sync");
-    median(
-        (0..iters)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                B::sync(device).expect("sync");
-                start.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
-
-fn randn<const D: usize>(shape: [usize; D], device: &CudaDevice) -> Tensor<B, D> {
-    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(DType::BF16)
-}
-
-fn inputs(config: &TransformerConfig, device: &CudaDevice) -> TransformerInputs<B> {
-    let (h, w) = (80, 76);
-    TransformerInputs {
-        latents: randn([1, 16, 9, h, w], device),
-        latent_indices: (1..10).map(|i| i as f32).collect(),
-        timestep: vec![996.0],
-        guidance: vec![9984.0],
-        text: randn([1, 512, config.text_embed_dim], device),
-        text_lengths: vec![32],
-        pooled_text: randn([1, config.pooled_projection_dim], device),
-        image_embeddings: randn([1, 729, config.image_proj_dim], device),
-        clean: Some(ContextGroup {
-            latents: randn([1, 16, 2, h, w], device),
-            indices: vec![0.0, 10.0],
-        }),
-        clean_2x: Some(ContextGroup {
-            latents: randn([1, 16, 2, h, w], device),
-            indices: vec![11.0, 12.0],
-        }),
-        clean_4x: Some(ContextGroup {
-            latents: randn([1, 16, 16, h, w], device),
-            indices: (13..29).map(|i| i as f32).collect(),
-        }),
-    }
-}
+use bench::{default_inputs, print_table, time, Args};
 
 /// bf16 bytes of `n` values in `[-amp, amp]` from a simple xorshift generator.
 fn random_bf16(n: usize, seed: u64, amp: f32) -> Vec<u8> {
@@ -145,15 +97,9 @@ fn used() -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<usize>().ok())
-    };
-    let rank = arg("--rank").unwrap_or(32);
-    let iters = arg("--iters").unwrap_or(3);
+    let args = Args::from_env();
+    let rank: usize = args.parsed("--rank", 32);
+    let iters: usize = args.parsed("--iters", 3);
     let device = CudaDevice { index: 0 };
     let config = TransformerConfig::framepack();
     let mut rows: Vec<(String, String)> = Vec::new();
@@ -200,8 +146,8 @@ fn main() {
         "build base model (random bf16 on the GPU)".into(),
         format!("{t_base:.2} s, GPU memory in use {}", gib(mem_base)),
     ));
-    let x = inputs(&config, &device);
-    let t_fwd_base = time(iters, &device, || drop(model.forward(&x).expect("forward")));
+    let x = default_inputs::<B>(&config, &device, DType::BF16);
+    let t_fwd_base = time::<B>(iters, &device, || drop(model.forward(&x).expect("forward")));
     rows.push((
         "forward, base (640x608, window 9, context, 32 text)".into(),
         format!("median {t_fwd_base:.3} s of {iters}"),
@@ -236,7 +182,7 @@ fn main() {
         format!("{:.2} s", start.elapsed().as_secs_f64()),
     ));
     let mut adapted = None;
-    let t_fwd_adapted = time(iters, &device, || {
+    let t_fwd_adapted = time::<B>(iters, &device, || {
         adapted = Some(model.forward(&x).expect("forward"))
     });
     rows.push((
@@ -269,7 +215,7 @@ fn main() {
         ),
     ));
     let mut out = None;
-    let t_fwd_merged = time(iters, &device, || {
+    let t_fwd_merged = time::<B>(iters, &device, || {
         out = Some(merged.forward(&x).expect("forward"))
     });
     rows.push((
@@ -309,8 +255,5 @@ fn main() {
     ));
     let _ = std::fs::remove_file(&path);
 
-    println!("\n| measurement | result |\n|---|---|");
-    for (k, v) in rows {
-        println!("| {k} | {v} |");
-    }
+    print_table(&rows);
 }

@@ -204,30 +204,146 @@ pub mod portable {
         y.reshape(out_dims)
     }
 
+    /// The most attention scores (`batch · heads · queries · keys`) one attention call is
+    /// given: 2^28, 1 GiB in fp32. Burn's generic attention (the CPU) and
+    /// [`AttentionKernel::Explicit`] hold every score at once: 29 GiB at FramePack's 17.5k tokens,
+    /// more than a wgpu buffer may hold. The queries are split into blocks under this bound;
+    /// softmax is per query, so the result is the same.
+    pub const MAX_SCORES_PER_CALL: usize = 1 << 28;
+
+    /// How one block of queries is attended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AttentionKernel {
+        /// burn's `module::attention` (the backend's own, possibly fused, kernel).
+        Burn,
+        /// `softmax(q·kᵀ/√d)·v` in plain tensor ops, the softmax in fp32: for backends whose
+        /// fused attention is slow to build (burn's flash-attention shaders take minutes to
+        /// compile on software Vulkan and have no tensor-core path in WGSL).
+        Explicit,
+    }
+
     /// Softmax attention with scale `1/sqrt(head_dim)` over `[batch, seq, heads, head_dim]`.
     ///
     /// `masked_keys` (`[batch, seq_k]`, true = ignore) hides padded keys; `None` is dense
-    /// attention, the batch-1 path of the reference.
+    /// attention, the batch-1 path of the reference. Long sequences run in query blocks of
+    /// at most [`MAX_SCORES_PER_CALL`] scores.
     pub fn attend<B: Backend>(
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
         masked_keys: Option<Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 4> {
-        let [batch, seq_q, heads, _] = q.dims();
+        attend_with(q, k, v, masked_keys, AttentionKernel::Burn)
+    }
+
+    /// [`attend`] through the given kernel.
+    pub fn attend_with<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        masked_keys: Option<Tensor<B, 2, Bool>>,
+        kernel: AttentionKernel,
+    ) -> Tensor<B, 4> {
+        let block = query_block(&q, &k);
+        attend_in_blocks(q, k, v, masked_keys, block, kernel)
+    }
+
+    /// [`attend`] with the queries split into blocks of `block` rows.
+    pub fn attend_in_blocks<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        masked_keys: Option<Tensor<B, 2, Bool>>,
+        block: usize,
+        kernel: AttentionKernel,
+    ) -> Tensor<B, 4> {
+        let [batch, seq_q, _, _] = q.dims();
+        let block = block.max(1);
+        if seq_q <= block {
+            return attend_block(q, k, v, masked_keys, false, kernel);
+        }
+        let blocks = (0..seq_q)
+            .step_by(block)
+            .map(|start| {
+                let end = (start + block).min(seq_q);
+                let q = q.clone().slice([0..batch, start..end]);
+                attend_block(q, k.clone(), v.clone(), masked_keys.clone(), false, kernel)
+            })
+            .collect();
+        Tensor::cat(blocks, 1)
+    }
+
+    /// Queries per block for `q` attending over `k`.
+    fn query_block<B: Backend>(q: &Tensor<B, 4>, k: &Tensor<B, 4>) -> usize {
+        let [batch, _, heads, _] = q.dims();
+        query_rows(batch * heads * k.dims()[1])
+    }
+
+    /// Queries per block so that a block holds at most [`MAX_SCORES_PER_CALL`] scores, given
+    /// the scores of one query (`batch · heads · seq_k`); a multiple of 64 (a kernel tile)
+    /// where that fits.
+    pub fn query_rows(scores_per_query: usize) -> usize {
+        let rows = MAX_SCORES_PER_CALL / scores_per_query.max(1);
+        if rows >= 64 {
+            rows / 64 * 64
+        } else {
+            rows.max(1)
+        }
+    }
+
+    /// One block over `[batch, seq, heads, head_dim]`; `causal` aligns the first query with
+    /// the first key.
+    fn attend_block<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        masked_keys: Option<Tensor<B, 2, Bool>>,
+        causal: bool,
+        kernel: AttentionKernel,
+    ) -> Tensor<B, 4> {
+        let [batch, seq_q, heads, head_dim] = q.dims();
         let seq_k = k.dims()[1];
         let mask = masked_keys.map(|m| {
             m.reshape([batch, 1, 1, seq_k])
                 .expand([batch, heads, seq_q, seq_k])
         });
-        let out = module::attention(
-            q.swap_dims(1, 2),
-            k.swap_dims(1, 2),
-            v.swap_dims(1, 2),
-            mask,
-            None,
-            Default::default(),
-        );
+        let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+        let out = match kernel {
+            AttentionKernel::Burn => module::attention(
+                q,
+                k,
+                v,
+                mask,
+                None,
+                burn::tensor::ops::AttentionModuleOptions {
+                    is_causal: causal,
+                    ..Default::default()
+                },
+            ),
+            AttentionKernel::Explicit => {
+                let dtype = q.dtype();
+                let scores = q
+                    .matmul(k.swap_dims(2, 3))
+                    .cast(DType::F32)
+                    .mul_scalar((head_dim as f64).powf(-0.5));
+                let device = scores.device();
+                let scores = match mask {
+                    Some(m) => scores.mask_fill(m, f32::NEG_INFINITY),
+                    None => scores,
+                };
+                let scores = if causal {
+                    // True above the diagonal (burn's `tril_mask` marks what is not kept).
+                    let future = Tensor::<B, 2, Bool>::tril_mask([seq_q, seq_k], 0, &device);
+                    scores.mask_fill(
+                        future.unsqueeze::<4>().expand([batch, heads, seq_q, seq_k]),
+                        f32::NEG_INFINITY,
+                    )
+                } else {
+                    scores
+                };
+                activation::softmax(scores, 3).cast(dtype).matmul(v)
+            }
+        };
         out.swap_dims(1, 2)
     }
 
@@ -243,6 +359,17 @@ pub mod portable {
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> Tensor<B, 4> {
+        attend_causal_with(q, k, v, AttentionKernel::Burn)
+    }
+
+    /// [`attend_causal`] through the given kernel (one block: the text encoders' sequences
+    /// are at most a few hundred tokens).
+    pub fn attend_causal_with<B: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        kernel: AttentionKernel,
+    ) -> Tensor<B, 4> {
         let [batch, _, heads, _] = q.dims();
         let repeat = |x: Tensor<B, 4>| {
             let [_, seq, kv_heads, head_dim] = x.dims();
@@ -254,18 +381,7 @@ pub mod portable {
                 .expand([batch, seq, kv_heads, group, head_dim])
                 .reshape([batch, seq, heads, head_dim])
         };
-        let out = module::attention(
-            q.swap_dims(1, 2),
-            repeat(k).swap_dims(1, 2),
-            repeat(v).swap_dims(1, 2),
-            None,
-            None,
-            burn::tensor::ops::AttentionModuleOptions {
-                is_causal: true,
-                ..Default::default()
-            },
-        );
-        out.swap_dims(1, 2)
+        attend_block(q, repeat(k), repeat(v), None, true, kernel)
     }
 
     /// Layer normalisation over the last dimension, statistics and affine in fp32, result in
@@ -362,5 +478,119 @@ impl FramePackBackend for burn::backend::NdArray {}
 
 // The CUDA backend (`crate::cuda::CudaBackend`) implements the trait with tuned kernels.
 
+/// wgpu runs the portable path, with attention written out in plain ops
+/// ([`portable::AttentionKernel::Explicit`]).
 #[cfg(feature = "wgpu")]
-impl<F, I> FramePackBackend for burn::backend::Wgpu<F, I> where burn::backend::Wgpu<F, I>: Backend {}
+impl<F, I, BT> FramePackBackend for burn::backend::Wgpu<F, I, BT>
+where
+    F: burn::backend::wgpu::FloatElement,
+    I: burn::backend::wgpu::IntElement,
+    BT: burn::backend::wgpu::BoolElement,
+{
+    fn attend(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        masked_keys: Option<Tensor<Self, 2, Bool>>,
+    ) -> Tensor<Self, 4> {
+        portable::attend_with::<Self>(q, k, v, masked_keys, portable::AttentionKernel::Explicit)
+    }
+
+    fn attend_causal(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        portable::attend_causal_with::<Self>(q, k, v, portable::AttentionKernel::Explicit)
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    type B = burn::backend::Flex;
+
+    #[test]
+    fn query_blocks_hold_at_most_the_score_bound() {
+        // FramePack's window: 24 heads over 17,469 keys.
+        let per_query = 24 * 17_469;
+        let block = portable::query_rows(per_query);
+        assert_eq!(block % 64, 0);
+        assert!(block * per_query <= portable::MAX_SCORES_PER_CALL);
+        assert!((block + 64) * per_query > portable::MAX_SCORES_PER_CALL);
+        // Short sequences are one block; huge rows still make progress.
+        assert!(portable::query_rows(24 * 512) >= 512);
+        assert_eq!(portable::query_rows(usize::MAX), 1);
+    }
+
+    #[test]
+    fn attention_in_query_blocks_equals_one_call() {
+        let device = Default::default();
+        let q = Tensor::<B, 4>::random([2, 37, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<B, 4>::random([2, 29, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<B, 4>::random([2, 29, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let mut hidden = vec![false; 2 * 29];
+        hidden[29 + 20..].iter_mut().for_each(|m| *m = true);
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(hidden, [2, 29]), &device);
+        let whole = |mask: Option<Tensor<B, 2, Bool>>| {
+            let kernel = portable::AttentionKernel::Burn;
+            portable::attend_in_blocks(q.clone(), k.clone(), v.clone(), mask, usize::MAX, kernel)
+        };
+        for mask in [None, Some(mask)] {
+            let expected = whole(mask.clone());
+            for kernel in [
+                portable::AttentionKernel::Burn,
+                portable::AttentionKernel::Explicit,
+            ] {
+                let blocked = portable::attend_in_blocks(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    mask.clone(),
+                    8,
+                    kernel,
+                );
+                assert_eq!(blocked.dims(), [2, 37, 3, 8]);
+                assert_close(
+                    &blocked,
+                    &expected,
+                    1e-5,
+                    &format!("{kernel:?}, 8-row blocks"),
+                );
+            }
+        }
+    }
+
+    fn assert_close(a: &Tensor<B, 4>, b: &Tensor<B, 4>, rel: f32, what: &str) {
+        let diff = (a.clone() - b.clone()).abs().max().into_scalar();
+        let scale = b.clone().abs().max().into_scalar();
+        assert!(
+            diff <= rel * scale,
+            "{what}: differs by {diff} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn explicit_causal_attention_equals_burns_with_grouped_heads() {
+        let device = Default::default();
+        // 4 query heads over 2 key/value heads, as LLaMA's 32 over 8.
+        let q = Tensor::<B, 4>::random([1, 11, 4, 8], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<B, 4>::random([1, 11, 2, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<B, 4>::random([1, 11, 2, 8], Distribution::Normal(0.0, 1.0), &device);
+        let expected = portable::attend_causal(q.clone(), k.clone(), v.clone());
+        let explicit = portable::attend_causal_with(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            portable::AttentionKernel::Explicit,
+        );
+        assert_close(&explicit, &expected, 1e-5, "explicit causal");
+        // The first query sees only the first key: its output is that key's value.
+        let first = explicit.slice([0..1, 0..1, 0..1]).reshape([8]);
+        let value = v.slice([0..1, 0..1, 0..1]).reshape([8]);
+        let diff = (first - value).abs().max().into_scalar();
+        assert!(diff <= 1e-6, "query 0 attends beyond key 0: {diff}");
+    }
+}

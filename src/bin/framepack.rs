@@ -142,7 +142,8 @@ struct ModelArgs {
     /// cpu, cuda, cuda:N or wgpu.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// auto (bf16 transformer + fp16 encoders on a GPU, f32 on the CPU), f32, f16 or bf16.
+    /// auto (CUDA: bf16 transformer + fp16 encoders; wgpu: f16 where the adapter has it, else
+    /// f32; the CPU: f32), f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// Keep prompt embeddings on disk here (a repeated prompt skips the text encoders).
@@ -405,19 +406,20 @@ fn parse_device(s: &str) -> Result<DeviceArg, Error> {
     }
 }
 
-fn dtypes_for(arg: &str, device: DeviceArg) -> Result<Dtypes, Error> {
+/// The dtypes `--dtype` names; `None` (auto on a GPU): [`Dtypes::for_device`] once the device
+/// is open. Auto on the CPU is fp32: half precision is emulated there, so fp32 is faster.
+fn dtypes_for(arg: &str, device: DeviceArg) -> Result<Option<Dtypes>, Error> {
     match arg.to_ascii_lowercase().as_str() {
-        "auto" => Ok(if device == DeviceArg::Cpu {
-            Dtypes::all(DType::F32)
-        } else {
-            Dtypes::reference()
-        }),
-        other => parse_dtype(other).map(Dtypes::all).ok_or_else(|| {
-            invalid(
-                "dtype",
-                format!("`{other}`: expected auto, f32, f16 or bf16"),
-            )
-        }),
+        "auto" if device == DeviceArg::Cpu => Ok(Some(Dtypes::all(DType::F32))),
+        "auto" => Ok(None),
+        other => parse_dtype(other)
+            .map(|d| Some(Dtypes::all(d)))
+            .ok_or_else(|| {
+                invalid(
+                    "dtype",
+                    format!("`{other}`: expected auto, f32, f16 or bf16"),
+                )
+            }),
     }
 }
 
@@ -481,12 +483,12 @@ fn generate(args: GenerateArgs) -> Result<(), Failure> {
                 if let (Some(t), Some(v), Some(x), Some(i)) =
                     (get("transformer"), get("vae"), get("text"), get("image"))
                 {
-                    dtypes = Dtypes {
+                    dtypes = Some(Dtypes {
                         transformer: t,
                         vae: v,
                         text: x,
                         image: i,
-                    };
+                    });
                 }
             }
             record.request()?
@@ -554,7 +556,8 @@ struct Job<'a> {
     plan_frames: u32,
     outputs: Outputs,
     tiny: Option<u64>,
-    dtypes: Dtypes,
+    /// `None`: chosen for the device ([`Dtypes::for_device`]).
+    dtypes: Option<Dtypes>,
     args: &'a GenerateArgs,
 }
 
@@ -690,6 +693,7 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
         eprintln!("stopping after the current step (Ctrl-C again to quit at once)");
     });
 
+    let dtypes = dtypes.unwrap_or_else(|| Dtypes::for_device::<B>(&device));
     let mut ui = Ui::new();
     let started = Instant::now();
     let memory: MemoryMode = args
@@ -745,9 +749,10 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
     ui.note(&loading);
     let mut pipeline = builder.build()?;
     ui.note(&format!(
-        "models ready in {:.1} s ({} memory); {plan_frames} frames to generate",
+        "models ready in {:.1} s ({} memory; {}); {plan_frames} frames to generate",
         started.elapsed().as_secs_f64(),
-        pipeline.memory()
+        pipeline.memory(),
+        pipeline.dtypes()
     ));
     if cancel.is_cancelled() {
         return Err(Failure::Cancelled(Error::Cancelled {

@@ -1,6 +1,6 @@
 //! Random-weight models: demos that run anywhere, and full-size benchmarks without downloads.
 
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 
 use super::{TensorSource, WeightError};
 
@@ -9,20 +9,68 @@ use super::{TensorSource, WeightError};
 /// Weights are `N(0, std)`; one-dimensional parameters named like norm weights
 /// (`*norm*.weight`) are drawn around 1 so that normalisations keep their scale. The tensors
 /// are created directly on the device, so a 13 B-parameter model can be built on a GPU without
-/// a host copy.
+/// a host copy ([`new`](Self::new)); or on the host ([`host`](Self::host)), so that every
+/// backend gets the same weights.
 pub struct RandomSource<B: Backend> {
     device: B::Device,
     std: f64,
+    /// `Some(seed)`: drawn on the host, keyed by seed and tensor name.
+    host_seed: Option<u64>,
 }
 
 impl<B: Backend> RandomSource<B> {
-    /// A source drawing from `N(0, std)` on `device`, seeded with `seed`.
+    /// A source drawing from `N(0, std)` with the backend's generator on `device`, seeded
+    /// with `seed`: fast for any size, but each backend draws other values.
     pub fn new(device: &B::Device, seed: u64, std: f64) -> Self {
         B::seed(device, seed);
         Self {
             device: device.clone(),
             std,
+            host_seed: None,
         }
+    }
+
+    /// A source drawing from `N(0, std)` on the host, each tensor from a generator keyed by
+    /// `seed` and the tensor's name: the same weights on every backend and in any loading
+    /// order (so a CPU result can check a GPU one). For small models: every value passes
+    /// through host memory.
+    pub fn host(device: &B::Device, seed: u64, std: f64) -> Self {
+        Self {
+            device: device.clone(),
+            std,
+            host_seed: Some(seed),
+        }
+    }
+}
+
+/// SplitMix64 with Box-Muller normals: a small portable generator for host-drawn weights.
+struct HostNormals(u64);
+
+impl HostNormals {
+    /// Keyed by `seed` and `key` (FNV-1a of the name).
+    fn new(seed: u64, key: &str) -> Self {
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Self(seed ^ hash)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 }
 
@@ -39,11 +87,64 @@ impl<B: Backend> TensorSource<B> for RandomSource<B> {
         } else {
             (0.0, self.std)
         };
-        let t = Tensor::<B, D>::random(shape, Distribution::Normal(mean, std), &self.device);
+        let t = match self.host_seed {
+            None => Tensor::<B, D>::random(shape, Distribution::Normal(mean, std), &self.device),
+            Some(seed) => {
+                let mut normals = HostNormals::new(seed, key);
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = (0..n)
+                    .map(|_| (mean + std * normals.normal()) as f32)
+                    .collect();
+                Tensor::from_data(TensorData::new(values, shape), &self.device)
+            }
+        };
         Ok(t.cast(dtype))
     }
 
     fn device(&self) -> &B::Device {
         &self.device
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+
+    type B = crate::CpuBackend;
+
+    fn draw(src: &mut RandomSource<B>, key: &str) -> Vec<f32> {
+        src.tensor::<2>(key, [64, 32], DType::F32)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn host_draws_depend_on_seed_and_name_only() {
+        let device = Default::default();
+        let mut a = RandomSource::<B>::host(&device, 5, 0.5);
+        let mut b = RandomSource::<B>::host(&device, 5, 0.5);
+        // Another loading order gives the same tensors.
+        let (a1, a2) = (draw(&mut a, "x.weight"), draw(&mut a, "y.weight"));
+        let (b2, b1) = (draw(&mut b, "y.weight"), draw(&mut b, "x.weight"));
+        assert_eq!(a1, b1);
+        assert_eq!(a2, b2);
+        assert_ne!(a1, a2);
+        assert_ne!(
+            a1,
+            draw(&mut RandomSource::host(&device, 6, 0.5), "x.weight")
+        );
+        // N(0, 0.5) over 2,048 values.
+        let n = a1.len() as f64;
+        let mean = a1.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let std = (a1
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert!((std - 0.5).abs() < 0.03, "std {std}");
     }
 }
