@@ -49,7 +49,7 @@ pub use input::InputImage;
 pub use memory::{Dtypes, MemoryMode};
 pub use pipeline::{
     DefaultBackend, Outputs, Pipeline, PipelineBuilder, Progress, SectionProgress, Stage,
-    StepProgress, Video,
+    StepProgress, Video, WeightFormat,
 };
 pub use record::RunRecord;
 pub use request::{mode_str, parse_mode, EndFrame, JobPlan, Request, Resolution};

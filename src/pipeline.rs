@@ -26,6 +26,8 @@ use framepack_models::vae::{HunyuanVideoVae, VaeConfig, VaeTiling};
 use framepack_models::vision::{SiglipImageProcessor, SiglipVisionEncoder};
 use framepack_models::weights::SafetensorsSource;
 use framepack_models::FramePackBackend;
+
+pub use framepack_models::nn::WeightFormat;
 use framepack_sampling::{
     CacheMode, CancelToken, Completion, Conditions, Event, FlowDenoiser, FramePackModel,
     GenerationParams, History, PromptEmbedding, SectionEvent, SectionInputs, SectionSampler, Shift,
@@ -80,6 +82,7 @@ pub struct PipelineBuilder<B: FramePackBackend> {
     /// `None`: [`Dtypes::for_device`] when the pipeline is built.
     dtypes: Option<Dtypes>,
     memory: MemoryMode,
+    block_weights: WeightFormat,
     mode: Mode,
     prompt_cache: Option<PathBuf>,
 }
@@ -165,6 +168,15 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
         self
     }
 
+    /// How the transformer blocks' linear layers keep their weights: [`WeightFormat::Fp8`]
+    /// (e4m3 codes with per-row scales) halves their memory, with a small error against the
+    /// checkpoint's weights (docs/performance.md). It needs resident blocks (not the low-VRAM
+    /// mode) for now; [`MemoryMode::Auto`] then means resident.
+    pub fn block_weights(mut self, format: WeightFormat) -> Self {
+        self.block_weights = format;
+        self
+    }
+
     /// The mode whose transformer is loaded now (inverted by default; F1 uses another
     /// checkpoint, loaded in its place when a request needs it).
     pub fn mode(mut self, mode: Mode) -> Self {
@@ -244,7 +256,12 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                 });
             }
         }
-        let memory = self.memory.resolve(B::device_memory(&device));
+        // FP8 blocks cannot stream yet: auto keeps them resident (13 GB of weights instead
+        // of 26); asking for low-VRAM with them is an error from the transformer's loader.
+        let memory = match (self.memory, self.block_weights) {
+            (MemoryMode::Auto, WeightFormat::Fp8) => MemoryMode::Resident,
+            (memory, _) => memory.resolve(B::device_memory(&device)),
+        };
         let low_vram = memory.is_low_vram();
         let residency = if low_vram {
             BlockResidency::Streamed
@@ -275,7 +292,14 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                     encoders: on_demand(low_vram, load_text)?,
                 };
                 (
-                    tiny::transformer::<B>(&device, seed, scale, dtypes.transformer, residency)?,
+                    tiny::transformer::<B>(
+                        &device,
+                        seed,
+                        scale,
+                        dtypes.transformer,
+                        residency,
+                        self.block_weights,
+                    )?,
                     tiny::vae::<B>(&device, seed, scale, dtypes.vae)?,
                     CachedPromptEncoder::new(text, PromptCache::in_memory(&device)),
                     on_demand(low_vram, load_siglip)?,
@@ -337,11 +361,12 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                     SiglipVisionEncoder::from_folder(&siglip_path, &image_device, dtypes.image)
                 });
                 let vae = load_vae(&vae_path, &device, dtypes.vae)?;
-                let transformer = FramePackTransformer::from_folder_with_residency(
+                let transformer = FramePackTransformer::from_folder_with(
                     &transformer_path,
                     &device,
                     dtypes.transformer,
                     residency,
+                    self.block_weights,
                 )?;
                 (
                     transformer,
@@ -361,6 +386,7 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
             device,
             dtypes,
             memory,
+            block_weights: self.block_weights,
             source,
             family,
             transformer: Some(transformer),
@@ -454,6 +480,7 @@ pub struct Pipeline<B: FramePackBackend = DefaultBackend> {
     device: B::Device,
     dtypes: Dtypes,
     memory: MemoryMode,
+    block_weights: WeightFormat,
     source: Source,
     family: Family,
     /// `None` only after a failed switch to the other transformer checkpoint.
@@ -744,6 +771,7 @@ impl<B: FramePackBackend> Pipeline<B> {
             device: B::Device::default(),
             dtypes: None,
             memory: MemoryMode::Auto,
+            block_weights: WeightFormat::Dense,
             mode: Mode::Inverted,
             prompt_cache: None,
         }
@@ -978,12 +1006,15 @@ impl<B: FramePackBackend> Pipeline<B> {
                 revisions: self.revisions.clone(),
             },
         };
-        let dtypes = self
+        let mut dtypes: BTreeMap<String, String> = self
             .dtypes
             .named()
             .into_iter()
             .map(|(k, d)| (k.to_string(), dtype_name(d)))
             .collect();
+        if self.block_weights == WeightFormat::Fp8 {
+            dtypes.insert("transformer_block_weights".into(), "fp8_e4m3".into());
+        }
         RunRecord {
             format: RECORD_FORMAT.into(),
             version: RECORD_VERSION,
@@ -1051,15 +1082,17 @@ impl<B: FramePackBackend> Pipeline<B> {
                 *scale,
                 self.dtypes.transformer,
                 self.residency(),
+                self.block_weights,
             )?,
             Source::Pretrained(locations) => {
                 let component = transformer_component(family);
                 let found = locations.locate(component)?;
-                let t = FramePackTransformer::from_folder_with_residency(
+                let t = FramePackTransformer::from_folder_with(
                     &found.path,
                     &self.device,
                     self.dtypes.transformer,
                     self.residency(),
+                    self.block_weights,
                 )?;
                 self.revisions
                     .remove(transformer_component(self.family).name());

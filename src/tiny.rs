@@ -9,6 +9,7 @@
 //! `[BOS] + at most 75 bytes + [EOS]`.
 
 use burn::tensor::DType;
+use framepack_models::nn::WeightFormat;
 use framepack_models::text::tokenizer::MAX_PROMPT_TOKENS;
 use framepack_models::text::{
     ClipTextConfig, ClipTextEncoder, LlamaConfig, LlamaTextEncoder, PromptEmbeddings, PromptEncoder,
@@ -115,13 +116,14 @@ pub(crate) fn transformer<B: FramePackBackend>(
     scale: Scale,
     dtype: DType,
     residency: BlockResidency,
+    block_weights: WeightFormat,
 ) -> Result<FramePackTransformer<B>, ModelError> {
     let config = match scale {
         Scale::Tiny => transformer_config(),
         Scale::Full => TransformerConfig::framepack(),
     };
     let mut src = source::<B>(device, seed, 0, scale);
-    FramePackTransformer::load_with_residency(&mut src, config, dtype, residency)
+    FramePackTransformer::load_with(&mut src, config, dtype, residency, block_weights)
 }
 
 /// The random VAE of `seed`.

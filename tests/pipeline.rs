@@ -8,7 +8,7 @@ use std::time::Instant;
 use common::{listing, psnr, psnr_2x2, read_mp4, small_request, tiny_pipeline};
 use framepack::{
     CancelToken, Error, History, InputImage, MemoryMode, Mode, Outputs, Progress, Request,
-    Resolution, RunRecord,
+    Resolution, RunRecord, WeightFormat,
 };
 
 #[test]
@@ -332,4 +332,44 @@ fn low_vram_mode_gives_the_resident_video() {
         );
         assert_eq!(video.record.runtime.memory, "low_vram");
     }
+}
+
+#[test]
+fn fp8_blocks_give_a_close_video_and_are_recorded() {
+    let build = |format, memory| {
+        framepack::Pipeline::builder()
+            .tiny_random(0)
+            .dtype(framepack::DType::F32)
+            .memory(memory)
+            .block_weights(format)
+            .build()
+    };
+    let mut dense = build(WeightFormat::Dense, MemoryMode::Auto).unwrap();
+    let mut fp8 = build(WeightFormat::Fp8, MemoryMode::Auto).unwrap();
+    assert_eq!(fp8.memory(), MemoryMode::Resident);
+    let request = small_request(1.0).seed(5);
+    let expected = dense.generate(&request, |_| {}).unwrap();
+    let video = fp8.generate(&request, |_| {}).unwrap();
+    assert_ne!(
+        video.frames.as_bytes(),
+        expected.frames.as_bytes(),
+        "FP8 weights were not used"
+    );
+    let db = psnr(video.frames.as_bytes(), expected.frames.as_bytes());
+    println!("fp8 vs dense tiny video: {db:.1} dB");
+    assert!(db >= 30.0, "{db:.1} dB");
+    assert_eq!(
+        video.record.runtime.dtypes.get("transformer_block_weights"),
+        Some(&"fp8_e4m3".to_string())
+    );
+    assert!(!expected
+        .record
+        .runtime
+        .dtypes
+        .contains_key("transformer_block_weights"));
+    // Streamed FP8 blocks are refused, naming the option.
+    let Err(err) = build(WeightFormat::Fp8, MemoryMode::LowVram) else {
+        panic!("low-VRAM FP8 pipeline was built");
+    };
+    assert!(err.to_string().contains("block_weights"), "{err}");
 }

@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use framepack_models::nn::WeightFormat;
 use framepack_models::transformer::{
     ContextGroup, DoubleStreamBlock, FramePackTransformer, Rotary, SingleStreamBlock,
     TransformerConfig, TransformerInputs,
@@ -79,12 +80,11 @@ fn time_blocks<B: FramePackBackend>(runs: usize) -> f64 {
     let (heads, head_dim) = (config.num_attention_heads, config.attention_head_dim);
     let hidden = config.hidden_size();
     let mut src = RandomSource::<B>::new(&device, 0, 0.05);
-    let double =
-        DoubleStreamBlock::load(&mut src, "d", heads, head_dim, config.mlp_dim(), DType::F32)
-            .expect("block");
-    let single =
-        SingleStreamBlock::load(&mut src, "s", heads, head_dim, config.mlp_dim(), DType::F32)
-            .expect("block");
+    let dims = [heads, head_dim, config.mlp_dim()];
+    let double = DoubleStreamBlock::load(&mut src, "d", dims, DType::F32, WeightFormat::Dense)
+        .expect("block");
+    let single = SingleStreamBlock::load(&mut src, "s", dims, DType::F32, WeightFormat::Dense)
+        .expect("block");
     let (n_img, n_txt) = (4937, 745);
     let n =
         |shape: [usize; 3]| Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &device);

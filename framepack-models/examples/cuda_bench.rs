@@ -14,14 +14,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use framepack_models::cuda::{
     device_report, engine_summary, pool_usage, set_hopper_attention, CudaBackend as B, CudaDevice,
 };
+use framepack_models::fp8::Fp8Host;
+use framepack_models::nn::WeightFormat;
 use framepack_models::transformer::{
     BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
 };
-use framepack_models::weights::{CheckpointFiles, RandomSource, SafetensorsSource};
+use framepack_models::weights::{
+    CheckpointFiles, RandomSource, SafetensorsSource, TensorSource, WeightError,
+};
 use framepack_models::FramePackBackend;
 
 mod bench;
@@ -35,7 +39,14 @@ fn randn<const D: usize>(shape: [usize; D], device: &CudaDevice) -> Tensor<B, D>
 fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
     let iters = 10;
     for (name, m, k, n, gelu) in [
-        ("GEMM qkv/out 17500x3072 -> 3072", 17500, 3072, 3072, false),
+        (
+            "GEMM fused qkv 17500x3072 -> 9216",
+            17500,
+            3072,
+            9216,
+            false,
+        ),
+        ("GEMM attn out 17500x3072 -> 3072", 17500, 3072, 3072, false),
         (
             "GEMM ff-in +GELU 17500x3072 -> 12288",
             17500,
@@ -122,6 +133,24 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
         "RMSNorm+RoPE 17500x24x128".into(),
         format!("{:.3} ms", t * 1e3),
     ));
+    // FP8 weight expansion (the largest block weight, ff-in): 1 byte read, 2 written each.
+    let values: Vec<f32> = randn([12288, 3072], device)
+        .mul_scalar(0.02)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("values");
+    let fp8 = Fp8Host::quantize(&values, [12288, 3072]).upload::<B>(device, DType::BF16);
+    let t = time::<B>(iters, device, || drop(fp8.dequantize()));
+    rows.push((
+        "FP8 -> bf16 weight 12288x3072".into(),
+        format!(
+            "{:.3} ms, {:.0} GB/s",
+            t * 1e3,
+            3.0 * 12288.0 * 3072.0 / t / 1e9
+        ),
+    ));
+
     let y = randn([1, 17500, 3072], device);
     let t = time::<B>(iters, device, || {
         drop(B::gated_residual(x.clone(), shift.clone(), y.clone()))
@@ -263,31 +292,48 @@ fn main() {
     }
 
     let config = TransformerConfig::framepack();
-    let start = Instant::now();
-    let (model, inputs, expected) = match &reference {
+    // The reference's weights, or random ones (the same draws for both formats: one seed).
+    let load = |format: WeightFormat| match &reference {
         Some(path) => {
             let mut src = SafetensorsSource::<B>::open(path, &device).expect("reference weights");
-            let model =
-                FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("load");
+            let model = FramePackTransformer::load_with(
+                &mut src,
+                config.clone(),
+                DType::BF16,
+                BlockResidency::Resident,
+                format,
+            )
+            .expect("load");
             src.finish(|_| false).expect("every reference tensor used");
+            model
+        }
+        None => {
+            let mut src = RandomSource::<B>::new(&device, 0, 0.02);
+            FramePackTransformer::load_with(
+                &mut src,
+                config.clone(),
+                DType::BF16,
+                BlockResidency::Resident,
+                format,
+            )
+            .expect("random model")
+        }
+    };
+    let start = Instant::now();
+    let model = load(WeightFormat::Dense);
+    let (inputs, expected) = match &reference {
+        Some(path) => {
             let io = CheckpointFiles::open(format!("{path}.io.safetensors")).expect("reference io");
             let expected = io
                 .read_stored::<B, 5>("output", DType::F32, &device)
                 .expect("output");
-            (model, reference_inputs(&io, &device), Some(expected))
+            (reference_inputs(&io, &device), Some(expected))
         }
-        None => {
-            let mut src = RandomSource::<B>::new(&device, 0, 0.02);
-            let model = FramePackTransformer::load(&mut src, config.clone(), DType::BF16)
-                .expect("random model");
-            (
-                model,
-                default_inputs::<B>(&config, &device, DType::BF16),
-                None,
-            )
-        }
+        None => (default_inputs::<B>(&config, &device, DType::BF16), None),
     };
     B::sync(&device).expect("sync");
+    B::memory_cleanup(&device);
+    let weights_bf16 = pool_usage(&device).0;
     rows.push((
         "model build".into(),
         format!(
@@ -321,16 +367,110 @@ fn main() {
             format!("{:.1} GiB", used as f64 / (1u64 << 30) as f64),
         ));
     }
-    if let Some(expected) = expected {
-        let diff = (out.clone() - expected.clone())
+    let relative_l2 = |a: &Tensor<B, 5>, b: &Tensor<B, 5>| {
+        let diff = (a.clone().cast(DType::F32) - b.clone().cast(DType::F32))
             .powi_scalar(2)
             .sum()
             .into_scalar() as f64;
-        let norm = expected.powi_scalar(2).sum().into_scalar() as f64;
+        let norm = b
+            .clone()
+            .cast(DType::F32)
+            .powi_scalar(2)
+            .sum()
+            .into_scalar() as f64;
+        (diff / norm).sqrt()
+    };
+    if let Some(expected) = &expected {
         rows.push((
             "relative L2 vs PyTorch reference".into(),
-            format!("{:.3e}", (diff / norm).sqrt()),
+            format!("{:.3e}", relative_l2(&out, expected)),
         ));
     }
+
+    if args.flag("--fp8") {
+        // The same weights with FP8 blocks: memory, speed and error against bf16.
+        drop(model);
+        B::sync(&device).expect("sync");
+        B::memory_cleanup(&device);
+        let empty_pool = pool_usage(&device).0;
+        let start = Instant::now();
+        let model = load(WeightFormat::Fp8);
+        B::sync(&device).expect("sync");
+        let build = start.elapsed().as_secs_f64();
+        B::memory_cleanup(&device);
+        let weights_fp8 = pool_usage(&device).0.saturating_sub(empty_pool);
+        let mut fp8_out = None;
+        let t8 = time::<B>(iters, &device, || {
+            fp8_out = Some(model.forward(&inputs).expect("fp8 forward"))
+        });
+        let fp8_out = fp8_out.expect("forward ran");
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        rows.push((
+            "FP8 blocks: weights on the GPU".into(),
+            format!(
+                "{:.2} GiB (bf16 model: {:.2} GiB incl. inputs), build {build:.1} s",
+                gib(weights_fp8),
+                gib(weights_bf16)
+            ),
+        ));
+        rows.push((
+            "FP8 blocks: forward".into(),
+            format!(
+                "median {t8:.3} s of {iters} ({:.2}x the bf16 forward)",
+                t8 / t
+            ),
+        ));
+        rows.push((
+            "FP8 blocks: relative L2 vs bf16 forward".into(),
+            format!("{:.3e}", relative_l2(&fp8_out, &out)),
+        ));
+        if let Some(expected) = &expected {
+            rows.push((
+                "FP8 blocks: relative L2 vs PyTorch reference".into(),
+                format!("{:.3e}", relative_l2(&fp8_out, expected)),
+            ));
+        }
+        // Control: a dense bf16 model whose block weights are the FP8 values. It must give
+        // the FP8 forward (the expansion is exact), so the error above is the quantisation's.
+        if let Some(path) = &reference {
+            drop(model);
+            B::sync(&device).expect("sync");
+            B::memory_cleanup(&device);
+            let mut src = Fp8Rounded(SafetensorsSource::<B>::open(path, &device).expect("weights"));
+            let rounded =
+                FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("load");
+            let rounded_out = rounded.forward(&inputs).expect("forward");
+            rows.push((
+                "FP8 blocks vs dense model on the FP8-rounded weights".into(),
+                format!("relative L2 {:.3e}", relative_l2(&fp8_out, &rounded_out)),
+            ));
+        }
+    }
     print_table(&rows);
+}
+
+/// A source whose block linear weights are rounded through FP8 (quantised and expanded on the
+/// host), handed out dense.
+struct Fp8Rounded(SafetensorsSource<B>);
+
+impl TensorSource<B> for Fp8Rounded {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        dtype: DType,
+    ) -> Result<Tensor<B, D>, WeightError> {
+        let block =
+            key.starts_with("transformer_blocks.") || key.starts_with("single_transformer_blocks.");
+        if D != 2 || !block || !key.ends_with(".weight") {
+            return self.0.tensor(key, shape, dtype);
+        }
+        let fp8 = self.0.fp8_host(key, [shape[0], shape[1]])?;
+        let values = fp8.dequantize();
+        Ok(Tensor::<B, D>::from_data(TensorData::new(values, shape), self.0.device()).cast(dtype))
+    }
+
+    fn device(&self) -> &CudaDevice {
+        self.0.device()
+    }
 }

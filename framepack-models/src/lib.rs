@@ -8,10 +8,12 @@
 //! - [`weights`]: safetensors files and shards, the Hugging Face cache, random and manifest
 //!   sources.
 //! - [`ops`]: the backend-extension trait through which the hot operations run.
+//! - [`fp8`]: FP8 (e4m3, per-row scale) storage for the transformer blocks' weights.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+pub mod fp8;
 pub mod lora;
 pub mod nn;
 pub mod ops;

@@ -7,7 +7,9 @@
 //! fp32, where results are rounded back to the compute dtype), so an override has a precise
 //! contract to meet.
 
-use burn::tensor::{activation, backend::Backend, module, Bool, DType, Tensor};
+use burn::tensor::{
+    activation, backend::Backend, module, Bool, DType, Int, IntDType, Tensor, TensorData,
+};
 
 /// Free and total bytes of a device's memory (the whole device, every process included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,12 +180,39 @@ pub trait FramePackBackend: Backend {
     fn silu<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
         portable::silu::<Self, D>(x)
     }
+
+    /// An FP8 weight expanded to `dtype`: `e4m3(codes[r, c]) · scales[r]` computed in fp32
+    /// and rounded once (see [`crate::fp8`]). `codes` are `u8`, `scales` fp32.
+    fn dequantize_fp8(
+        codes: Tensor<Self, 2, Int>,
+        scales: Tensor<Self, 1>,
+        dtype: DType,
+    ) -> Tensor<Self, 2> {
+        portable::dequantize_fp8::<Self>(codes, scales, dtype)
+    }
 }
 
 /// The portable implementations of [`FramePackBackend`]: plain burn ops that run on every
 /// backend. Tuned backends call them for the cases their kernels do not cover.
 pub mod portable {
     use super::*;
+
+    /// [`FramePackBackend::dequantize_fp8`] as a lookup in the table of the 256 code values.
+    pub fn dequantize_fp8<B: Backend>(
+        codes: Tensor<B, 2, Int>,
+        scales: Tensor<B, 1>,
+        dtype: DType,
+    ) -> Tensor<B, 2> {
+        let [rows, cols] = codes.dims();
+        let device = codes.device();
+        let table = Tensor::<B, 1>::from_data(
+            TensorData::new(crate::fp8::e4m3_table().to_vec(), [256]),
+            (&device, DType::F32),
+        );
+        let indices = codes.cast(IntDType::I32).reshape([rows * cols]);
+        let values = table.select(0, indices).reshape([rows, cols]);
+        (values * scales.cast(DType::F32).unsqueeze_dim::<2>(1)).cast(dtype)
+    }
 
     /// `y = x · Wᵀ + b` with `weight` in PyTorch's `[out, in]` layout.
     pub fn dense<B: Backend, const D: usize>(

@@ -139,6 +139,39 @@ fn attention_cases(kernel: &str) {
         attention_vs_fp32(&q, &k, &v),
         1e-2,
     );
+    // v read in place from the last third of a fused q/k/v projection (batch 2).
+    let qkv = randn([2, 300, 9, 128], 1.0);
+    let view = |i: usize| qkv.clone().narrow(2, 3 * i, 3);
+    check(
+        &format!("{kernel}: attention, q/k/v views of a fused projection"),
+        attention_vs_fp32(&view(0), &view(1), &view(2)),
+        1e-2,
+    );
+}
+
+#[test]
+fn fp8_dequantize_matches_portable() {
+    use burn::tensor::{Int, TensorData};
+    use framepack_models::fp8::Fp8Host;
+    let values: Vec<f32> = randn([96, 3072], 0.05)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    let host = Fp8Host::quantize(&values, [96, 3072]);
+    let codes = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(host.codes.clone(), [96, 3072]),
+        (&device(), DType::U8),
+    );
+    let scales = Tensor::<B, 1>::from_data(TensorData::new(host.scales.clone(), [96]), &device());
+    let (tuned, portable) = both(|| B::dequantize_fp8(codes.clone(), scales.clone(), DType::BF16));
+    // Same arithmetic (fp32 product, one rounding): bit-identical.
+    let diff = (tuned.clone() - portable.clone()).abs().max().into_scalar();
+    assert_eq!(
+        diff, 0.0,
+        "fp8 dequantisation differs from the portable path"
+    );
+    check("fp8 dequantize", (tuned, portable), 0.0);
 }
 
 #[test]
@@ -169,6 +202,13 @@ fn norms_match_portable() {
     check(
         "rms_norm_rope (100 of 150 tokens)",
         both(|| B::rms_norm_rope(h.clone(), w.clone(), 1e-6, cos.clone(), sin.clone())),
+        1e-2,
+    );
+    // k read in place from the middle third of a fused q/k/v projection (batch 2).
+    let k = randn([2, 150, 12, 128], 3.0).narrow(2, 4, 4);
+    check(
+        "rms_norm_rope on a view of a fused projection",
+        both(|| B::rms_norm_rope(k.clone(), w.clone(), 1e-6, cos.clone(), sin.clone())),
         1e-2,
     );
 }

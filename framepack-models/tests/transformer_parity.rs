@@ -208,3 +208,40 @@ fn streamed_blocks_give_the_resident_output() {
         assert_eq!(relative_l2(b, a), 0.0, "batch {batch}");
     }
 }
+
+/// FP8 block weights (e4m3, per-row scales): the blocks' linear weights take one byte each,
+/// and the forward stays close to the reference.
+#[test]
+fn fp8_block_weights_stay_close_to_the_reference() {
+    use framepack_models::nn::WeightFormat;
+    let io = io();
+    let load_fp8 = |residency| {
+        let mut src = SafetensorsSource::<B>::open(
+            format!("{FIXTURES}/transformer_tiny.safetensors"),
+            &Default::default(),
+        )
+        .unwrap();
+        FramePackTransformer::load_with(
+            &mut src,
+            TransformerConfig::tiny(),
+            DType::F32,
+            residency,
+            WeightFormat::Fp8,
+        )
+    };
+    let model = load_fp8(BlockResidency::Resident).unwrap();
+    let out = model.forward(&inputs(&io, 1)).unwrap();
+    let expected: Tensor<B, 5> = io
+        .read_stored("output_b1", DType::F32, &Default::default())
+        .unwrap();
+    let err = relative_l2(out, expected);
+    println!("fp8 relative L2 error vs fp32 reference: {err:.3e}");
+    // e4m3 keeps 3 mantissa bits: each weight is off by up to 2^-4 relative.
+    assert!(err > 1e-4, "FP8 weights were not used (error {err})");
+    assert!(err <= 5e-2, "relative L2 {err}");
+
+    let Err(err) = load_fp8(BlockResidency::Streamed) else {
+        panic!("streamed FP8 blocks were accepted");
+    };
+    assert!(err.to_string().contains("block_weights"), "{err}");
+}

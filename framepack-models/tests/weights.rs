@@ -260,3 +260,50 @@ fn download_selects_the_subfolder_or_the_root_weights() {
         vec!["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
     );
 }
+
+/// An FP8 checkpoint (`float8_e4m3fn` weights, as kijai's FramePack files store them) loads as
+/// float weights, and its codes pass unchanged (scale 1) into FP8 layers; a bf16 weight asked
+/// for as FP8 is quantised with one scale per row.
+#[test]
+fn fp8_checkpoints_load_dense_or_as_codes() {
+    use framepack_models::fp8::e4m3_to_f32;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fp8.safetensors");
+    // 1.0, -2.0, 448, 2^-9 (the smallest subnormal), 0.5, 0.
+    let codes = vec![0x38u8, 0xc0, 0x7e, 0x01, 0x30, 0x00];
+    write(
+        &path,
+        &[
+            ("w.weight", Dtype::F8_E4M3, vec![2, 3], codes.clone()),
+            (
+                "v.weight",
+                Dtype::BF16,
+                vec![2, 2],
+                bf16_bytes(&[1.0, -0.5, 0.0, 3.0]),
+            ),
+        ],
+    );
+    let mut src = SafetensorsSource::<B>::open(&path, &Default::default()).unwrap();
+    let dense: Tensor<B, 2> = src.tensor("w.weight", [2, 3], DType::F32).unwrap();
+    assert_eq!(
+        dense.into_data().to_vec::<f32>().unwrap(),
+        vec![1.0, -2.0, 448.0, 2f32.powi(-9), 0.5, 0.0]
+    );
+    let fp8 = src.fp8_host("w.weight", [2, 3]).unwrap();
+    assert_eq!(fp8.codes, codes);
+    assert_eq!(fp8.scales, vec![1.0, 1.0]);
+
+    let quantised = src.fp8_host("v.weight", [2, 2]).unwrap();
+    assert_eq!(quantised.scales, vec![1.0 / 448.0, 3.0 / 448.0]);
+    let values: Vec<f32> = quantised
+        .codes
+        .iter()
+        .zip([0, 0, 1, 1])
+        .map(|(c, row)| e4m3_to_f32(*c) * quantised.scales[row])
+        .collect();
+    assert_eq!(values, vec![1.0, -0.5, 0.0, 3.0]);
+    // A wrong shape names the key.
+    let err = src.fp8_host("w.weight", [3, 2]).unwrap_err().to_string();
+    assert!(err.contains("w.weight"), "{err}");
+    src.finish(|_| false).unwrap();
+}

@@ -22,7 +22,7 @@ use framepack::hub::{self, Component, ModelLocations};
 use framepack::memory::{dtype_name, parse_dtype};
 use framepack::{
     CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, MemoryMode, Mode, Outputs,
-    Pipeline, Progress, Request, Resolution, RunRecord, Stage,
+    Pipeline, Progress, Request, Resolution, RunRecord, Stage, WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -153,6 +153,11 @@ struct ModelArgs {
     /// blocks streamed from host memory, encoders loaded per job, tiled VAE decode).
     #[arg(long, default_value = "auto")]
     memory: String,
+    /// Keep the transformer blocks' weights as FP8 (e4m3, one scale per row): half their GPU
+    /// memory, a small error against the checkpoint's weights. Needs resident blocks (with
+    /// --fp8, --memory auto means resident).
+    #[arg(long)]
+    fp8: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -701,10 +706,22 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
         .memory
         .parse()
         .map_err(|reason: String| invalid("memory", reason))?;
+    if args.models.fp8 && memory == MemoryMode::LowVram {
+        return Err(invalid(
+            "fp8",
+            "FP8 block weights need resident blocks; use --memory resident (or auto with enough GPU memory)",
+        )
+        .into());
+    }
     let mut builder = Pipeline::<B>::builder_for()
         .device(device)
         .dtypes(dtypes)
         .memory(memory)
+        .block_weights(if args.models.fp8 {
+            WeightFormat::Fp8
+        } else {
+            WeightFormat::Dense
+        })
         .mode(request.mode_value());
     let loading = match tiny {
         Some(seed) => {

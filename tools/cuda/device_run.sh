@@ -17,4 +17,4 @@ echo "== cuda_ops"; CUBECL_AUTOTUNE_LEVEL=minimal timeout 300 ./cuda_ops --test-
 echo "== reference (PyTorch)"; pip install -q --no-deps --target /tmp/dp ../.perf-wheels/*.whl 2>/dev/null
 PYTHONPATH=/tmp/dp SAVE=/tmp/ref.safetensors timeout 300 python3 ref_transformer.py 2>&1 | tail -3
 echo "== cuda_bench"; REF=""; [ -f /tmp/ref.safetensors.io.safetensors ] && REF="--reference /tmp/ref.safetensors"
-timeout 400 ./cuda_bench --iters "${ITERS:-5}" $REF "$@" 2>&1 | tail -26
+timeout 400 ./cuda_bench --iters "${ITERS:-5}" $REF "$@" 2>&1 | tail -40

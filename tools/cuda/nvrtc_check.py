@@ -3,7 +3,10 @@
 when ptxas is available, assemble it for a target to print registers / spills per kernel.
 No GPU needed: this is the offline loop for kernel work.
 
-  python3 tools/cuda/nvrtc_check.py [--arch sm_90] [--ptxas PATH] [--sass]
+  python3 tools/cuda/nvrtc_check.py [--arch sm_90a] [--ptxas PATH] [--sass] [--source FILE]
+
+--source checks another copy of kernels.cu (a variant to be measured on the GPU machine with
+FRAMEPACK_KERNELS_SOURCE=FILE, without rebuilding).
 """
 import argparse, ctypes, glob, os, subprocess, sys, tempfile
 
@@ -40,9 +43,10 @@ def main():
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--ptxas", default=next(iter(glob.glob("/root/.pyenv/versions/*/lib/python3*/site-packages/triton/backends/nvidia/bin/ptxas")), None))
     ap.add_argument("--sass", action="store_true")
+    ap.add_argument("--source", help="the kernel source to check (default: the library's)")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    src = open(os.path.join(root, "framepack-models/src/cuda/kernels.cu")).read()
+    src = open(args.source or os.path.join(root, "framepack-models/src/cuda/kernels.cu")).read()
     ptx = compile_ptx(src, args.arch)
     print(f"NVRTC ok: {len(ptx)} bytes of PTX")
     if args.ptxas:

@@ -45,6 +45,7 @@ pub(crate) struct Kernels {
     pub gated_residual: CudaFunction,
     pub gelu_tanh: CudaFunction,
     pub silu: CudaFunction,
+    pub fp8_dequant: CudaFunction,
     pub flash_attention: CudaFunction,
     /// The fastest wgmma kernel (sm_90a only) that passed the start-up self-test against the
     /// sm_80 tensor-core kernel.
@@ -100,7 +101,14 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
         options: vec![arch, "--std=c++17".into()],
         ..Default::default()
     };
-    let ptx = compile_ptx_with_opts(KERNELS, opts).map_err(|e| format!("NVRTC: {e:?}"))?;
+    // FRAMEPACK_KERNELS_SOURCE: a kernels.cu to compile instead of the built-in one, so that
+    // kernel changes can be measured on a GPU machine without rebuilding (development only).
+    let source = match std::env::var_os("FRAMEPACK_KERNELS_SOURCE") {
+        Some(path) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("FRAMEPACK_KERNELS_SOURCE {}: {e}", path.to_string_lossy()))?,
+        None => KERNELS.to_string(),
+    };
+    let ptx = compile_ptx_with_opts(source, opts).map_err(|e| format!("NVRTC: {e:?}"))?;
     let module = ctx
         .load_module(ptx)
         .map_err(|e| format!("loading kernels: {e:?}"))?;
@@ -140,6 +148,7 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
         gated_residual: f("gated_residual_bf16")?,
         gelu_tanh: f("gelu_tanh_bf16")?,
         silu: f("silu_bf16")?,
+        fp8_dequant: f("fp8_dequant_bf16")?,
         flash_attention,
         _module: module,
     })
@@ -266,6 +275,8 @@ fn self_test_hopper(
         };
         let (sq, sk, h) = (seq_q as i32, seq_k as i32, heads as i32);
         let scale = std::f32::consts::LOG2_E / 128f32.sqrt();
+        let v_row = (heads * 128) as i32;
+        let v_batch = v_row as i64 * seq_k as i64;
         let mut launch = stream.launch_builder(func);
         launch
             .arg(&q)
@@ -275,7 +286,9 @@ fn self_test_hopper(
             .arg(&sq)
             .arg(&sk)
             .arg(&h)
-            .arg(&scale);
+            .arg(&scale)
+            .arg(&v_row)
+            .arg(&v_batch);
         // SAFETY: buffers of the sizes the kernel reads and writes for these arguments.
         unsafe { launch.launch(cfg) }.map_err(|x| e("launch", x))?;
         outputs.push(stream.clone_dtoh(&out).map_err(|x| e("download", x))?);

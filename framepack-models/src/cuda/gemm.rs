@@ -59,7 +59,7 @@ struct Plan {
 }
 
 /// How many algorithms the heuristic is asked for; the fastest on the real operands wins.
-const CANDIDATES: usize = 8;
+const CANDIDATES: usize = 16;
 
 // SAFETY: the descriptors are plain host objects owned by the plan; they are only used while
 // the `Gemm` mutex is held.
@@ -292,9 +292,11 @@ impl Gemm {
         self.launch(plan, &plan.algo, call)
     }
 
-    /// Times every candidate algorithm on the call's own operands (a few milliseconds, once
-    /// per shape) and keeps the fastest: the heuristic's first guess is not always the best
-    /// for the transformer's shapes.
+    /// Times every candidate algorithm on the call's own operands (a few tens of
+    /// milliseconds, once per shape) and keeps the fastest: the heuristic's first guess is not
+    /// always the best for the transformer's shapes. Each candidate's time is the best of
+    /// three rounds taken in turn over all candidates, so a change of clock speed during the
+    /// search does not favour whichever candidate ran in the fast moment.
     fn autotune(&self, plan: &mut Plan, call: &GemmCall) -> Result<(), String> {
         if plan.candidates.len() < 2 || std::env::var_os("FRAMEPACK_GEMM_NO_AUTOTUNE").is_some() {
             return Ok(());
@@ -304,24 +306,32 @@ impl Gemm {
                 .synchronize()
                 .map_err(|e| format!("cuBLASLt autotune: {e:?}"))
         };
-        let mut best = (f64::INFINITY, plan.algo);
-        for algo in &plan.candidates {
-            // An algorithm that refuses these operands is simply skipped.
-            if self.launch(plan, algo, call).is_err() {
-                continue;
-            }
-            sync()?;
-            let start = std::time::Instant::now();
-            for _ in 0..3 {
-                self.launch(plan, algo, call)?;
-            }
-            sync()?;
-            let elapsed = start.elapsed().as_secs_f64();
-            if elapsed < best.0 {
-                best = (elapsed, *algo);
+        // An algorithm that refuses these operands is simply skipped.
+        let usable: Vec<_> = plan
+            .candidates
+            .iter()
+            .filter(|algo| self.launch(plan, algo, call).is_ok())
+            .copied()
+            .collect();
+        sync()?;
+        let mut best_times = vec![f64::INFINITY; usable.len()];
+        for _round in 0..3 {
+            for (algo, best) in usable.iter().zip(best_times.iter_mut()) {
+                let start = std::time::Instant::now();
+                for _ in 0..4 {
+                    self.launch(plan, algo, call)?;
+                }
+                sync()?;
+                *best = best.min(start.elapsed().as_secs_f64());
             }
         }
-        plan.algo = best.1;
+        if let Some((i, _)) = best_times
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+        {
+            plan.algo = usable[i];
+        }
         Ok(())
     }
 

@@ -70,16 +70,20 @@ extern "C" __global__ void ln_modulate_bf16(const bf16_t* __restrict__ x, const 
 // 3D RoPE on the first rope_tokens tokens of every sequence:
 //   y = bf16(bf16(x * rsqrt(mean(x^2) + eps)) * w);  out = bf16(y*cos + rot(y)*sin)
 // x/out: [batch, seq, heads, head_dim] with head_dim % 4 == 0; cos/sin: [rope_tokens, head_dim]
-// fp32. One warp per head.
+// fp32. out is contiguous; x may be a view into wider token rows (q or k of a fused q/k/v
+// projection): x_row_stride elements between tokens, x_batch_stride between batch entries,
+// heads adjacent. One warp per head.
 extern "C" __global__ void rms_norm_rope_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ weight,
                                               const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                                               bf16_t* __restrict__ out, int rows, int seq, int heads, int head_dim,
-                                              int rope_tokens, float eps) {
+                                              int rope_tokens, float eps, long long x_row_stride,
+                                              long long x_batch_stride) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (warp >= rows) return;
     int token = (warp / heads) % seq;
-    const bf16_t* xr = x + (size_t)warp * head_dim;
+    int batch = warp / (heads * seq);
+    const bf16_t* xr = x + batch * x_batch_stride + token * x_row_stride + (long long)(warp % heads) * head_dim;
     bf16_t* orow = out + (size_t)warp * head_dim;
     // Lanes own groups of 4 elements (two rotation pairs), read and written 8 bytes at a time.
     int groups = head_dim / 4;
@@ -150,6 +154,33 @@ extern "C" __global__ void silu_bf16(const bf16_t* __restrict__ x, bf16_t* __res
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// FP8 (e4m3fn) weight expansion: out[r, c] = bf16(e4m3(codes[r, c]) * scales[r]), the product in
+// fp32 (as the portable table lookup). 8 codes per thread; cols % 8 == 0.
+__device__ __forceinline__ float e4m3_value(u32 code) {
+    u32 sign = (code & 0x80u) << 24, exponent = (code >> 3) & 0x0fu, mantissa = code & 0x07u;
+    if ((code & 0x7fu) == 0x7fu) return __int_as_float(0x7fc00000);
+    float magnitude = exponent == 0 ? (float)mantissa * 0.001953125f  // 2^-9
+                                    : __int_as_float((int)(((exponent + 120u) << 23) | (mantissa << 20)));
+    return __int_as_float(__float_as_int(magnitude) | (int)sign);
+}
+
+extern "C" __global__ void fp8_dequant_bf16(const unsigned char* __restrict__ codes, const float* __restrict__ scales,
+                                            bf16_t* __restrict__ out, long long chunks, int cols) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    const int chunks_per_row = cols / 8;
+    for (; i < chunks; i += stride) {
+        float s = scales[i / chunks_per_row];
+        uint2 c = reinterpret_cast<const uint2*>(codes)[i];
+        uint4 o;
+        o.x = pack_bf16x2(e4m3_value(c.x & 0xffu) * s, e4m3_value((c.x >> 8) & 0xffu) * s);
+        o.y = pack_bf16x2(e4m3_value((c.x >> 16) & 0xffu) * s, e4m3_value(c.x >> 24) * s);
+        o.z = pack_bf16x2(e4m3_value(c.y & 0xffu) * s, e4m3_value((c.y >> 8) & 0xffu) * s);
+        o.w = pack_bf16x2(e4m3_value((c.y >> 16) & 0xffu) * s, e4m3_value(c.y >> 24) * s);
+        reinterpret_cast<uint4*>(out)[i] = o;
+    }
+}
 
 // Vectorised LayerNorm + modulation for dim % 256 == 0 (dim / 8 threads per row, one 16-byte
 // chunk each, the row held in registers): same arithmetic as ln_modulate_bf16.
@@ -236,6 +267,8 @@ extern "C" __global__ void gated_residual_vec_bf16(const bf16_t* __restrict__ x,
 // ---------------------------------------------------------------------------------------------
 // Flash attention forward, head_dim 128, bf16 in/out, fp32 softmax statistics and accumulators.
 // q: [batch, seq_q, heads, 128], k/v: [batch, seq_k, heads, 128], o like q; dense (no mask).
+// q, k and o are contiguous; v may be a view into a wider row (the v third of a fused q/k/v
+// projection): v_row_stride elements between tokens, v_batch_stride between batch entries.
 // A CTA owns 128 query rows of one (batch, head): 8 warps x 16 rows. K/V stream through shared
 // memory in tiles of 64 keys, double-buffered with cp.async; S = QK^T and O += PV run on the
 // tensor cores (mma.sync m16n8k16), P stays in registers between the two products.
@@ -301,7 +334,8 @@ __device__ __forceinline__ void load_tile(u32 smem, const bf16_t* base, int row0
 
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
 flash_attention_fwd_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-                         bf16_t* __restrict__ o, int seq_q, int seq_k, int heads, float scale_log2) {
+                         bf16_t* __restrict__ o, int seq_q, int seq_k, int heads, float scale_log2,
+                                     int v_row_stride, long long v_batch_stride) {
     extern __shared__ __align__(128) unsigned char smem[];
     const u32 sq = smem_u32(smem);                      // Q: 128 x 128 bf16 = 32 KB
     const u32 sk = sq + FA_BM * 256;                    // K: 2 stages x 64 x 128 = 32 KB
@@ -314,13 +348,13 @@ flash_attention_fwd_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict_
     const long long row_stride = (long long)heads * FA_D;
     const bf16_t* qb = q + ((long long)batch * seq_q * heads + head) * FA_D;
     const bf16_t* kb = k + ((long long)batch * seq_k * heads + head) * FA_D;
-    const bf16_t* vb = v + ((long long)batch * seq_k * heads + head) * FA_D;
+    const bf16_t* vb = v + (long long)batch * v_batch_stride + (long long)head * FA_D;
     bf16_t* ob = o + ((long long)batch * seq_q * heads + head) * FA_D;
 
     const int tiles = (seq_k + FA_BN - 1) / FA_BN;
     load_tile(sq, qb, q0, FA_BM, seq_q, row_stride);
     load_tile(sk, kb, 0, FA_BN, seq_k, row_stride);
-    load_tile(sv, vb, 0, FA_BN, seq_k, row_stride);
+    load_tile(sv, vb, 0, FA_BN, seq_k, v_row_stride);
     cp_async_commit();
 
     // Q fragments of this warp's 16 rows, kept in registers for the whole loop.
@@ -336,7 +370,7 @@ flash_attention_fwd_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict_
         if (tile + 1 < tiles) {
             const int next = (tile + 1) & 1;
             load_tile(sk + next * FA_BN * 256, kb, (tile + 1) * FA_BN, FA_BN, seq_k, row_stride);
-            load_tile(sv + next * FA_BN * 256, vb, (tile + 1) * FA_BN, FA_BN, seq_k, row_stride);
+            load_tile(sv + next * FA_BN * 256, vb, (tile + 1) * FA_BN, FA_BN, seq_k, v_row_stride);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -518,7 +552,7 @@ __device__ __forceinline__ u32 sw128(int row, int chunk) {
     return (u32)((chunk >> 3) * 16384 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-__device__ __forceinline__ void load_tile_sw(u32 smem, const bf16_t* base, int row0, int seq, long long row_stride) {
+__device__ __forceinline__ void load_tile_sw(u32 smem, const bf16_t* base, int row0, int seq, int row_stride) {
     for (int c = threadIdx.x; c < 128 * 16; c += FA_THREADS) {
         int r = c >> 4, chunk = c & 15;
         int row = row0 + r;
@@ -530,7 +564,8 @@ __device__ __forceinline__ void load_tile_sw(u32 smem, const bf16_t* base, int r
 
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
 flash_attention_wgmma_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-                           bf16_t* __restrict__ o, int seq_q, int seq_k, int heads, float scale_log2) {
+                           bf16_t* __restrict__ o, int seq_q, int seq_k, int heads, float scale_log2,
+                                     int v_row_stride, long long v_batch_stride) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char* smem = smem_raw + (base - smem_u32(smem_raw));
@@ -543,16 +578,16 @@ flash_attention_wgmma_bf16(const bf16_t* __restrict__ q, const bf16_t* __restric
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int head = blockIdx.y, batch = blockIdx.z;
     const int q0 = blockIdx.x * FA_BM;
-    const long long row_stride = (long long)heads * FA_D;
+    const int row_stride = heads * FA_D;
     const bf16_t* qb = q + ((long long)batch * seq_q * heads + head) * FA_D;
     const bf16_t* kb = k + ((long long)batch * seq_k * heads + head) * FA_D;
-    const bf16_t* vb = v + ((long long)batch * seq_k * heads + head) * FA_D;
+    const bf16_t* vb = v + (long long)batch * v_batch_stride + (long long)head * FA_D;
     bf16_t* ob = o + ((long long)batch * seq_q * heads + head) * FA_D;
 
     const int tiles = (seq_k + WG_BN - 1) / WG_BN;
     load_tile_sw(sq, qb, q0, seq_q, row_stride);
     load_tile_sw(sk, kb, 0, seq_k, row_stride);
-    load_tile_sw(sv, vb, 0, seq_k, row_stride);
+    load_tile_sw(sv, vb, 0, seq_k, v_row_stride);
     cp_async_commit();
 
     float o_acc[64];
@@ -566,7 +601,7 @@ flash_attention_wgmma_bf16(const bf16_t* __restrict__ q, const bf16_t* __restric
         if (tile + 1 < tiles) {
             const int next = (tile + 1) & 1;
             load_tile_sw(sk + next * WG_TILE, kb, (tile + 1) * WG_BN, seq_k, row_stride);
-            load_tile_sw(sv + next * WG_TILE, vb, (tile + 1) * WG_BN, seq_k, row_stride);
+            load_tile_sw(sv + next * WG_TILE, vb, (tile + 1) * WG_BN, seq_k, v_row_stride);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -748,7 +783,8 @@ __device__ __forceinline__ void issue_pv(float (&o_acc)[64], const u32 (&p)[32],
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
 flash_attention_wgmma_pipelined_bf16(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
                                      const bf16_t* __restrict__ v, bf16_t* __restrict__ o, int seq_q, int seq_k,
-                                     int heads, float scale_log2) {
+                                     int heads, float scale_log2,
+                                     int v_row_stride, long long v_batch_stride) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u;
     unsigned char* smem = smem_raw + (base - smem_u32(smem_raw));
@@ -761,21 +797,21 @@ flash_attention_wgmma_pipelined_bf16(const bf16_t* __restrict__ q, const bf16_t*
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int head = blockIdx.y, batch = blockIdx.z;
     const int q0 = blockIdx.x * FA_BM;
-    const long long row_stride = (long long)heads * FA_D;
+    const int row_stride = heads * FA_D;
     const bf16_t* qb = q + ((long long)batch * seq_q * heads + head) * FA_D;
     const bf16_t* kb = k + ((long long)batch * seq_k * heads + head) * FA_D;
-    const bf16_t* vb = v + ((long long)batch * seq_k * heads + head) * FA_D;
+    const bf16_t* vb = v + (long long)batch * v_batch_stride + (long long)head * FA_D;
     bf16_t* ob = o + ((long long)batch * seq_q * heads + head) * FA_D;
     const int tiles = (seq_k + WG_BN - 1) / WG_BN;
 
     // Prologue: Q and tile 0, then tile 1; S of tile 0.
     load_tile_sw(sq, qb, q0, seq_q, row_stride);
     load_tile_sw(sk, kb, 0, seq_k, row_stride);
-    load_tile_sw(sv, vb, 0, seq_k, row_stride);
+    load_tile_sw(sv, vb, 0, seq_k, v_row_stride);
     cp_async_commit();
     if (tiles > 1) {
         load_tile_sw(sk + WG_TILE, kb, WG_BN, seq_k, row_stride);
-        load_tile_sw(sv + WG_TILE, vb, WG_BN, seq_k, row_stride);
+        load_tile_sw(sv + WG_TILE, vb, WG_BN, seq_k, v_row_stride);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -803,7 +839,7 @@ flash_attention_wgmma_pipelined_bf16(const bf16_t* __restrict__ q, const bf16_t*
         if (tile + 2 < tiles) {
             const int st = (tile + 2) % WG_STAGES;
             load_tile_sw(sk + st * WG_TILE, kb, (tile + 2) * WG_BN, seq_k, row_stride);
-            load_tile_sw(sv + st * WG_TILE, vb, (tile + 2) * WG_BN, seq_k, row_stride);
+            load_tile_sw(sv + st * WG_TILE, vb, (tile + 2) * WG_BN, seq_k, v_row_stride);
         }
         cp_async_commit();
         issue_scores(s_next, sq, sk + ((tile + 1) % WG_STAGES) * WG_TILE, wg);

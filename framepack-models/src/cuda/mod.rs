@@ -14,7 +14,7 @@ mod stream;
 
 use std::sync::Arc;
 
-use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
@@ -56,6 +56,23 @@ fn engine_for(device: &CudaDevice) -> Option<Arc<Engine>> {
 
 fn prim<const D: usize>(t: Tensor<CudaBackend, D>) -> Prim {
     into_contiguous(t.into_primitive().tensor())
+}
+
+/// `t` `[batch, seq, heads, dim]` with each token's `heads × dim` values contiguous, and its
+/// strides between tokens and between batch entries (in elements). A view that already has
+/// that layout (q, k or v narrowed out of a fused projection) is used in place; anything else
+/// is made contiguous first.
+fn prim_token_rows(t: Tensor<CudaBackend, 4>) -> (Prim, i64, i64) {
+    let [_, seq, heads, dim] = t.dims();
+    let p = t.into_primitive().tensor();
+    let s = p.meta.strides();
+    // 16-byte vector loads: the strides (and so every row start) must be multiples of 8.
+    if s[3] == 1 && s[2] == dim && s[1] % 8 == 0 && s[0] % 8 == 0 {
+        let (row, batch) = (s[1] as i64, s[0] as i64);
+        return (p, row, batch);
+    }
+    let row = (heads * dim) as i64;
+    (into_contiguous(p), row, row * seq as i64)
 }
 
 fn wrap<const D: usize>(t: Prim) -> Tensor<CudaBackend, D> {
@@ -194,7 +211,9 @@ fn attend_tuned(
         return None;
     }
     engine.kernels.as_ref()?;
-    let (qp, kp, vp) = (prim(q.clone()), prim(k.clone()), prim(v.clone()));
+    let (qp, kp) = (prim(q.clone()), prim(k.clone()));
+    let (vp, v_row, v_batch) = prim_token_rows(v.clone());
+    let v_row = i32::try_from(v_row).ok()?;
     let out = empty([b, seq_q, heads, dim], DType::BF16, &device);
     let scale_log2 = std::f32::consts::LOG2_E / (dim as f32).sqrt();
     run(&engine, &device, &[&qp, &kp, &vp, &out], |e, p| {
@@ -218,8 +237,14 @@ fn attend_tuned(
             .arg(&sq)
             .arg(&sk)
             .arg(&h)
-            .arg(&scale_log2);
-        // SAFETY: the pointers address contiguous bf16 tensors of the shapes checked above.
+            .arg(&scale_log2)
+            .arg(&v_row)
+            .arg(&v_batch);
+        if p[2] % 16 != 0 {
+            return Err(format!("v at {:#x} is not 16-byte aligned", p[2]));
+        }
+        // SAFETY: q, k and o are contiguous bf16 tensors of the shapes checked above; v has
+        // the shape of k with the token and batch strides passed.
         unsafe { launch.launch(cfg) }
             .map(|_| ())
             .map_err(launch_err)
@@ -332,7 +357,13 @@ fn rms_norm_rope_tuned<const D: usize>(
         }
         None => None,
     };
-    let (xp, wp) = (prim(x.clone()), prim(weight.clone()));
+    // Heads of [batch, seq, heads, dim] may be read in place from a wider fused row.
+    let (xp, x_row, x_batch) = if D == 4 {
+        prim_token_rows(x.clone().reshape([dims[0], seq, heads, head_dim]))
+    } else {
+        (prim(x.clone()), head_dim as i64, head_dim as i64)
+    };
+    let wp = prim(weight.clone());
     let out = empty(dims, DType::BF16, &device);
     let mut tensors = vec![&xp, &wp, &out];
     let rope_tokens = tables.as_ref().map_or(0, |t| t.2) as i32;
@@ -366,8 +397,11 @@ fn rms_norm_rope_tuned<const D: usize>(
             .arg(&h)
             .arg(&d)
             .arg(&rope_tokens)
-            .arg(&eps);
-        // SAFETY: contiguous tensors of the checked shapes; one warp per head.
+            .arg(&eps)
+            .arg(&x_row)
+            .arg(&x_batch);
+        // SAFETY: tensors of the checked shapes, x with the strides passed (heads adjacent),
+        // the others contiguous; one warp per head.
         unsafe { launch.launch(grid(rows.div_ceil(4), 128, 0)) }
             .map(|_| ())
             .map_err(launch_err)
@@ -462,7 +496,51 @@ fn activation_tuned<const D: usize>(
     Some(wrap(out))
 }
 
+fn dequantize_fp8_tuned(
+    codes: &Tensor<CudaBackend, 2, Int>,
+    scales: &Tensor<CudaBackend, 1>,
+    dtype: DType,
+) -> Option<Tensor<CudaBackend, 2>> {
+    let device = codes.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    let [rows, cols] = codes.dims();
+    if dtype != DType::BF16 || codes.dtype() != DType::U8 || scales.dtype() != DType::F32 {
+        return None;
+    }
+    if cols % 8 != 0 || rows == 0 || scales.dims() != [rows] {
+        return None;
+    }
+    let cp = into_contiguous(codes.clone().into_primitive());
+    let sp = prim(scales.clone());
+    let out = empty([rows, cols], DType::BF16, &device);
+    let chunks = rows * cols / 8;
+    run(&engine, &device, &[&cp, &sp, &out], |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        if p[0] % 8 != 0 {
+            return Err(format!("fp8 codes at {:#x} are not 8-byte aligned", p[0]));
+        }
+        let (n, c) = (chunks as i64, cols as i32);
+        let mut launch = e.stream.launch_builder(&kernels.fp8_dequant);
+        launch.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&n).arg(&c);
+        // SAFETY: contiguous u8 codes and bf16 output of rows x cols, fp32 scales of rows.
+        unsafe { launch.launch(grid(elementwise_blocks(e, chunks), 256, 0)) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
 impl FramePackBackend for CudaBackend {
+    fn dequantize_fp8(
+        codes: Tensor<Self, 2, Int>,
+        scales: Tensor<Self, 1>,
+        dtype: DType,
+    ) -> Tensor<Self, 2> {
+        dequantize_fp8_tuned(&codes, &scales, dtype)
+            .unwrap_or_else(|| portable::dequantize_fp8::<Self>(codes, scales, dtype))
+    }
+
     fn device_memory(device: &CudaDevice) -> Option<crate::ops::DeviceMemory> {
         device_report(device.index).map(|(_, used, total)| crate::ops::DeviceMemory {
             free: (total - used) as u64,

@@ -71,12 +71,11 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
             if loras.patches(linear.key()) {
                 present.insert(linear.key().to_string());
             }
-            let weight = &linear.linear().weight;
             let adapter = loras.adapter::<B>(
                 linear.key(),
                 linear.shape(),
-                weight.dtype(),
-                &weight.device(),
+                linear.dtype(),
+                &linear.device(),
             )?;
             if adapter.is_some() {
                 applied.insert(linear.key().to_string());
@@ -93,7 +92,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
 
     /// Removes every adapter: the forward is the base model's again.
     pub fn clear_lora_adapters(&mut self) {
-        for linear in self.lora_linears_mut() {
+        for mut linear in self.lora_linears_mut() {
             linear.set_adapter(None);
         }
     }

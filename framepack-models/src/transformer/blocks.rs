@@ -2,7 +2,7 @@
 
 use burn::tensor::{Bool, DType, Tensor};
 
-use crate::nn::{LoraLinear, RmsNorm};
+use crate::nn::{FusedLinear, LoraLinear, LoraSlot, RmsNorm, WeightFormat};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -29,6 +29,26 @@ fn merge_heads<B: FramePackBackend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     x.reshape([b, s, h * d])
 }
 
+/// Splits the fused `[batch, seq, 3·heads·dim]` output of a q/k/v projection into q, k and v
+/// `[batch, seq, heads, dim]` (views: no copy).
+fn split_qkv<B: FramePackBackend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
+    let qkv = split_heads(qkv, 3 * heads);
+    [0, 1, 2].map(|i| qkv.clone().narrow(2, i * heads, heads))
+}
+
+/// The q, k and v projections `{prefix}.{names}` of one stream, fused into one GEMM.
+fn load_qkv<B: FramePackBackend, S: TensorSource<B>>(
+    src: &mut S,
+    prefix: &str,
+    names: [&str; 3],
+    hidden: usize,
+    dtype: DType,
+    format: WeightFormat,
+) -> Result<FusedLinear<B>, WeightError> {
+    let prefixes = names.map(|n| join(prefix, n));
+    FusedLinear::load(src, &prefixes, [hidden, hidden], dtype, format)
+}
+
 /// Chunk `i` of `n` equal chunks of a modulation vector `[batch, n·dim]`, as `[batch, 1, dim]`.
 fn chunk<B: FramePackBackend>(m: &Tensor<B, 2>, i: usize, n: usize) -> Tensor<B, 3> {
     let d = m.dims()[1] / n;
@@ -49,10 +69,14 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
         hidden: usize,
         mlp: usize,
         dtype: DType,
+        format: WeightFormat,
     ) -> Result<Self, WeightError> {
+        let lin = |src: &mut S, name: &str, i: usize, o: usize| {
+            LoraLinear::load_as(src, &join(prefix, name), [i, o], true, dtype, format)
+        };
         Ok(Self {
-            proj_in: LoraLinear::load(src, &join(prefix, "net.0.proj"), hidden, mlp, true, dtype)?,
-            proj_out: LoraLinear::load(src, &join(prefix, "net.2"), mlp, hidden, true, dtype)?,
+            proj_in: lin(src, "net.0.proj", hidden, mlp)?,
+            proj_out: lin(src, "net.2", mlp, hidden)?,
         })
     }
 
@@ -60,8 +84,8 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
         self.proj_out.forward(self.proj_in.forward_gelu(x))
     }
 
-    fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
-        out.extend([&mut self.proj_in, &mut self.proj_out]);
+    fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
+        out.extend([self.proj_in.slot(), self.proj_out.slot()]);
     }
 }
 
@@ -71,12 +95,10 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
 pub struct DoubleStreamBlock<B: FramePackBackend> {
     norm1: LoraLinear<B>,
     norm1_context: LoraLinear<B>,
-    to_q: LoraLinear<B>,
-    to_k: LoraLinear<B>,
-    to_v: LoraLinear<B>,
-    add_q_proj: LoraLinear<B>,
-    add_k_proj: LoraLinear<B>,
-    add_v_proj: LoraLinear<B>,
+    /// `attn.to_q`, `attn.to_k`, `attn.to_v`.
+    to_qkv: FusedLinear<B>,
+    /// `attn.add_q_proj`, `attn.add_k_proj`, `attn.add_v_proj`.
+    add_qkv: FusedLinear<B>,
     norm_q: RmsNorm<B>,
     norm_k: RmsNorm<B>,
     norm_added_q: RmsNorm<B>,
@@ -89,55 +111,56 @@ pub struct DoubleStreamBlock<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> DoubleStreamBlock<B> {
-    /// Loads the 32 tensors of `{prefix}`.
+    /// Loads the 32 tensors of `{prefix}`, the linear layers' weights in `format`.
     pub fn load<S: TensorSource<B>>(
         src: &mut S,
         prefix: &str,
-        heads: usize,
-        head_dim: usize,
-        mlp: usize,
+        [heads, head_dim, mlp]: [usize; 3],
         dtype: DType,
+        format: WeightFormat,
     ) -> Result<Self, WeightError> {
         let hidden = heads * head_dim;
         let p = |name: &str| join(prefix, name);
         let lin = |src: &mut S, name: &str, i: usize, o: usize| {
-            LoraLinear::load(src, &p(name), i, o, true, dtype)
+            LoraLinear::load_as(src, &p(name), [i, o], true, dtype, format)
         };
         Ok(Self {
             norm1: lin(src, "norm1.linear", hidden, 6 * hidden)?,
             norm1_context: lin(src, "norm1_context.linear", hidden, 6 * hidden)?,
-            to_q: lin(src, "attn.to_q", hidden, hidden)?,
-            to_k: lin(src, "attn.to_k", hidden, hidden)?,
-            to_v: lin(src, "attn.to_v", hidden, hidden)?,
-            add_q_proj: lin(src, "attn.add_q_proj", hidden, hidden)?,
-            add_k_proj: lin(src, "attn.add_k_proj", hidden, hidden)?,
-            add_v_proj: lin(src, "attn.add_v_proj", hidden, hidden)?,
+            to_qkv: load_qkv(
+                src,
+                prefix,
+                ["attn.to_q", "attn.to_k", "attn.to_v"],
+                hidden,
+                dtype,
+                format,
+            )?,
+            add_qkv: load_qkv(
+                src,
+                prefix,
+                ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+                hidden,
+                dtype,
+                format,
+            )?,
             norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
             norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
             norm_added_q: RmsNorm::load(src, &p("attn.norm_added_q"), head_dim, EPS, dtype)?,
             norm_added_k: RmsNorm::load(src, &p("attn.norm_added_k"), head_dim, EPS, dtype)?,
             to_out: lin(src, "attn.to_out.0", hidden, hidden)?,
             to_add_out: lin(src, "attn.to_add_out", hidden, hidden)?,
-            ff: GeluFeedForward::load(src, &p("ff"), hidden, mlp, dtype)?,
-            ff_context: GeluFeedForward::load(src, &p("ff_context"), hidden, mlp, dtype)?,
+            ff: GeluFeedForward::load(src, &p("ff"), hidden, mlp, dtype, format)?,
+            ff_context: GeluFeedForward::load(src, &p("ff_context"), hidden, mlp, dtype, format)?,
             heads,
         })
     }
 
     /// The block's linear layers, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
-        out.extend([
-            &mut self.norm1,
-            &mut self.norm1_context,
-            &mut self.to_q,
-            &mut self.to_k,
-            &mut self.to_v,
-            &mut self.add_q_proj,
-            &mut self.add_k_proj,
-            &mut self.add_v_proj,
-            &mut self.to_out,
-            &mut self.to_add_out,
-        ]);
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
+        out.extend([self.norm1.slot(), self.norm1_context.slot()]);
+        self.to_qkv.slots(out);
+        self.add_qkv.slots(out);
+        out.extend([self.to_out.slot(), self.to_add_out.slot()]);
         self.ff.lora_linears(out);
         self.ff_context.lora_linears(out);
     }
@@ -168,18 +191,12 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         let xh = B::layer_norm_modulate(x.clone(), chunk(&m, 0, 6), chunk(&m, 1, 6), EPS);
         let ch = B::layer_norm_modulate(c.clone(), chunk(&mc, 0, 6), chunk(&mc, 1, 6), EPS);
         let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
-        let q = split_heads(self.to_q.forward(xh.clone()), heads);
+        let [q, k, v] = split_qkv(self.to_qkv.forward(xh), heads);
         let q = self.norm_q.forward_rope(q, cos.clone(), sin.clone());
-        let k = split_heads(self.to_k.forward(xh.clone()), heads);
         let k = self.norm_k.forward_rope(k, cos, sin);
-        let v = split_heads(self.to_v.forward(xh), heads);
-        let qc = self
-            .norm_added_q
-            .forward(split_heads(self.add_q_proj.forward(ch.clone()), heads));
-        let kc = self
-            .norm_added_k
-            .forward(split_heads(self.add_k_proj.forward(ch.clone()), heads));
-        let vc = split_heads(self.add_v_proj.forward(ch), heads);
+        let [qc, kc, vc] = split_qkv(self.add_qkv.forward(ch), heads);
+        let qc = self.norm_added_q.forward(qc);
+        let kc = self.norm_added_k.forward(kc);
 
         let out = B::attend(
             Tensor::cat(vec![q, qc], 1),
@@ -208,9 +225,8 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
 #[derive(Debug, Clone)]
 pub struct SingleStreamBlock<B: FramePackBackend> {
     norm: LoraLinear<B>,
-    to_q: LoraLinear<B>,
-    to_k: LoraLinear<B>,
-    to_v: LoraLinear<B>,
+    /// `attn.to_q`, `attn.to_k`, `attn.to_v`.
+    to_qkv: FusedLinear<B>,
     norm_q: RmsNorm<B>,
     norm_k: RmsNorm<B>,
     proj_mlp: LoraLinear<B>,
@@ -219,40 +235,42 @@ pub struct SingleStreamBlock<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> SingleStreamBlock<B> {
-    /// Loads the 14 tensors of `{prefix}`.
+    /// Loads the 14 tensors of `{prefix}`, the linear layers' weights in `format`.
     pub fn load<S: TensorSource<B>>(
         src: &mut S,
         prefix: &str,
-        heads: usize,
-        head_dim: usize,
-        mlp: usize,
+        [heads, head_dim, mlp]: [usize; 3],
         dtype: DType,
+        format: WeightFormat,
     ) -> Result<Self, WeightError> {
         let hidden = heads * head_dim;
         let p = |name: &str| join(prefix, name);
+        let lin = |src: &mut S, name: &str, i: usize, o: usize| {
+            LoraLinear::load_as(src, &p(name), [i, o], true, dtype, format)
+        };
         Ok(Self {
-            norm: LoraLinear::load(src, &p("norm.linear"), hidden, 3 * hidden, true, dtype)?,
-            to_q: LoraLinear::load(src, &p("attn.to_q"), hidden, hidden, true, dtype)?,
-            to_k: LoraLinear::load(src, &p("attn.to_k"), hidden, hidden, true, dtype)?,
-            to_v: LoraLinear::load(src, &p("attn.to_v"), hidden, hidden, true, dtype)?,
+            norm: lin(src, "norm.linear", hidden, 3 * hidden)?,
+            to_qkv: load_qkv(
+                src,
+                prefix,
+                ["attn.to_q", "attn.to_k", "attn.to_v"],
+                hidden,
+                dtype,
+                format,
+            )?,
             norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
             norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
-            proj_mlp: LoraLinear::load(src, &p("proj_mlp"), hidden, mlp, true, dtype)?,
-            proj_out: LoraLinear::load(src, &p("proj_out"), hidden + mlp, hidden, true, dtype)?,
+            proj_mlp: lin(src, "proj_mlp", hidden, mlp)?,
+            proj_out: lin(src, "proj_out", hidden + mlp, hidden)?,
             heads,
         })
     }
 
     /// The block's linear layers, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
-        out.extend([
-            &mut self.norm,
-            &mut self.to_q,
-            &mut self.to_k,
-            &mut self.to_v,
-            &mut self.proj_mlp,
-            &mut self.proj_out,
-        ]);
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
+        out.push(self.norm.slot());
+        self.to_qkv.slots(out);
+        out.extend([self.proj_mlp.slot(), self.proj_out.slot()]);
     }
 
     /// Runs the block on the joint sequence `z = [image; text]`; RoPE applies to the first
@@ -274,11 +292,9 @@ impl<B: FramePackBackend> SingleStreamBlock<B> {
         // The rotary tables cover the image tokens, which come first.
         debug_assert_eq!(rotary.cos.dims()[0], n_img);
         let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
-        let q = split_heads(self.to_q.forward(zh.clone()), heads);
+        let [q, k, v] = split_qkv(self.to_qkv.forward(zh), heads);
         let q = self.norm_q.forward_rope(q, cos.clone(), sin.clone());
-        let k = split_heads(self.to_k.forward(zh.clone()), heads);
         let k = self.norm_k.forward_rope(k, cos, sin);
-        let v = split_heads(self.to_v.forward(zh), heads);
         let attn = merge_heads(B::attend(q, k, v, masked_keys));
 
         let out = self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2));

@@ -3,7 +3,7 @@
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use crate::nn::{LoraLinear, PatchEmbed};
+use crate::nn::{LoraLinear, LoraSlot, PatchEmbed};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -78,8 +78,8 @@ impl<B: FramePackBackend> SiluMlp<B> {
     }
 
     /// The two linear layers, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
-        out.extend([&mut self.linear_1, &mut self.linear_2]);
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
+        out.extend([self.linear_1.slot(), self.linear_2.slot()]);
     }
 
     /// Applies the MLP to `x` `[batch, in]`.
@@ -138,7 +138,7 @@ impl<B: FramePackBackend> ConditionEmbedding<B> {
     }
 
     /// The linear layers of all embedders, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
         self.timestep_embedder.lora_linears(out);
         if let Some(g) = &mut self.guidance_embedder {
             g.lora_linears(out);
@@ -205,8 +205,8 @@ impl<B: FramePackBackend> ImageProjection<B> {
     }
 
     /// The two linear layers, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
-        out.extend([&mut self.up, &mut self.down]);
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
+        out.extend([self.up.slot(), self.down.slot()]);
     }
 
     /// Projects `[batch, tokens, in]` to `[batch, tokens, hidden]`.
@@ -265,12 +265,8 @@ impl<B: FramePackBackend> CleanLatentEmbedder<B> {
     }
 
     /// The three patch projections, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
-        out.extend([
-            self.proj.proj_mut(),
-            self.proj_2x.proj_mut(),
-            self.proj_4x.proj_mut(),
-        ]);
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
+        out.extend([self.proj.slot(), self.proj_2x.slot(), self.proj_4x.slot()]);
     }
 }
 

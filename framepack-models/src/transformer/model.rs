@@ -14,7 +14,7 @@ use super::inputs::TransformerInputs;
 use super::refiner::TokenRefiner;
 use super::rope::{Rope3d, RopeTable};
 use crate::error::ModelError;
-use crate::nn::{LoraLinear, PatchEmbed};
+use crate::nn::{LoraLinear, LoraSlot, PatchEmbed, WeightFormat};
 use crate::ops::FramePackBackend;
 use crate::streaming::{BlockStreamer, HostCapture, ReplaySource};
 use crate::weights::{SafetensorsSource, TensorSource, WeightError};
@@ -110,9 +110,28 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         dtype: DType,
         residency: BlockResidency,
     ) -> Result<Self, ModelError> {
+        Self::load_with(src, config, dtype, residency, WeightFormat::Dense)
+    }
+
+    /// [`FramePackTransformer::load`] with the blocks' [`BlockResidency`] and the format of
+    /// their linear layers' weights chosen. [`WeightFormat::Fp8`] halves the blocks' memory
+    /// (e4m3 codes with per-row scales, [`crate::fp8`]); it needs resident blocks for now.
+    pub fn load_with<S: TensorSource<B>>(
+        src: &mut S,
+        config: TransformerConfig,
+        dtype: DType,
+        residency: BlockResidency,
+        block_weights: WeightFormat,
+    ) -> Result<Self, ModelError> {
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
+        if block_weights == WeightFormat::Fp8 && residency == BlockResidency::Streamed {
+            return Err(ModelError::input(
+                "block_weights",
+                "FP8 block weights cannot be streamed yet; keep the blocks resident",
+            ));
+        }
         let c = &config;
         let hidden = c.hidden_size();
         let mlp = c.mlp_dim();
@@ -159,7 +178,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                     hidden,
                     dtype,
                 )?,
-                blocks: Blocks::load(src, c, dtype, residency)?,
+                blocks: Blocks::load(src, c, dtype, residency, block_weights)?,
                 norm_out: LoraLinear::load(
                     src,
                     "norm_out.linear",
@@ -207,10 +226,24 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         dtype: DType,
         residency: BlockResidency,
     ) -> Result<Self, ModelError> {
+        Self::from_folder_with(path, device, dtype, residency, WeightFormat::Dense)
+    }
+
+    /// [`FramePackTransformer::from_folder`] with the blocks' [`BlockResidency`] and weight
+    /// format chosen (see [`FramePackTransformer::load_with`]). An FP8 checkpoint (weights
+    /// stored as `F8_E4M3`) loads in either format: its codes are kept as they are for
+    /// [`WeightFormat::Fp8`], and expanded for [`WeightFormat::Dense`].
+    pub fn from_folder_with(
+        path: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+        residency: BlockResidency,
+        block_weights: WeightFormat,
+    ) -> Result<Self, ModelError> {
         let path = path.as_ref();
         let config = Self::folder_config(path)?;
         let mut src = SafetensorsSource::open(path, device)?;
-        let model = Self::load_with_residency(&mut src, config, dtype, residency)?;
+        let model = Self::load_with(&mut src, config, dtype, residency, block_weights)?;
         src.finish(|_| false)?;
         Ok(model)
     }
@@ -249,9 +282,9 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
 
     /// Every linear layer (and patch embedding) with its checkpoint key, in load order: where
     /// [`FramePackTransformer::set_lora_adapters`] attaches LoRA adapters.
-    pub fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
+    pub fn lora_linears_mut(&mut self) -> Vec<LoraSlot<'_, B>> {
         let mut out = Vec::new();
-        out.push(self.x_embedder.proj_mut());
+        out.push(self.x_embedder.slot());
         self.clean_x_embedder.lora_linears(&mut out);
         self.context_embedder.lora_linears(&mut out);
         self.time_text_embed.lora_linears(&mut out);
@@ -264,7 +297,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                 block.lora_linears(&mut out);
             }
         }
-        out.extend([&mut self.norm_out, &mut self.proj_out]);
+        out.extend([self.norm_out.slot(), self.proj_out.slot()]);
         out
     }
 
@@ -592,21 +625,18 @@ impl<B: FramePackBackend> Blocks<B> {
         c: &TransformerConfig,
         dtype: DType,
         residency: BlockResidency,
+        format: WeightFormat,
     ) -> Result<Self, WeightError> {
-        let (heads, head_dim, mlp) = (c.num_attention_heads, c.attention_head_dim, c.mlp_dim());
+        let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
         let double_key = |i: usize| format!("transformer_blocks.{i}");
         let single_key = |j: usize| format!("single_transformer_blocks.{j}");
         match residency {
             BlockResidency::Resident => Ok(Self::Resident {
                 double: (0..c.num_layers)
-                    .map(|i| {
-                        DoubleStreamBlock::load(src, &double_key(i), heads, head_dim, mlp, dtype)
-                    })
+                    .map(|i| DoubleStreamBlock::load(src, &double_key(i), dims, dtype, format))
                     .collect::<Result<_, _>>()?,
                 single: (0..c.num_single_layers)
-                    .map(|j| {
-                        SingleStreamBlock::load(src, &single_key(j), heads, head_dim, mlp, dtype)
-                    })
+                    .map(|j| SingleStreamBlock::load(src, &single_key(j), dims, dtype, format))
                     .collect::<Result<_, _>>()?,
             }),
             BlockResidency::Streamed => {
@@ -614,27 +644,13 @@ impl<B: FramePackBackend> Blocks<B> {
                 let mut double = Vec::with_capacity(c.num_layers);
                 for i in 0..c.num_layers {
                     let mut capture = HostCapture::new(src);
-                    DoubleStreamBlock::load(
-                        &mut capture,
-                        &double_key(i),
-                        heads,
-                        head_dim,
-                        mlp,
-                        dtype,
-                    )?;
+                    DoubleStreamBlock::load(&mut capture, &double_key(i), dims, dtype, format)?;
                     double.push(streamer.stage(capture.into_block()));
                 }
                 let mut single = Vec::with_capacity(c.num_single_layers);
                 for j in 0..c.num_single_layers {
                     let mut capture = HostCapture::new(src);
-                    SingleStreamBlock::load(
-                        &mut capture,
-                        &single_key(j),
-                        heads,
-                        head_dim,
-                        mlp,
-                        dtype,
-                    )?;
+                    SingleStreamBlock::load(&mut capture, &single_key(j), dims, dtype, format)?;
                     single.push(streamer.stage(capture.into_block()));
                 }
                 Ok(Self::Streamed {
@@ -663,15 +679,9 @@ impl<B: FramePackBackend> Blocks<B> {
         };
         let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
         let key = format!("transformer_blocks.{i}");
-        DoubleStreamBlock::load(
-            &mut replay,
-            &key,
-            c.num_attention_heads,
-            c.attention_head_dim,
-            c.mlp_dim(),
-            dtype,
-        )
-        .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
+        let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
+        DoubleStreamBlock::load(&mut replay, &key, dims, dtype, WeightFormat::Dense)
+            .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
     }
 
     /// Single block `j` (staged as `id`) rebuilt from its device copy.
@@ -690,14 +700,8 @@ impl<B: FramePackBackend> Blocks<B> {
         };
         let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
         let key = format!("single_transformer_blocks.{j}");
-        SingleStreamBlock::load(
-            &mut replay,
-            &key,
-            c.num_attention_heads,
-            c.attention_head_dim,
-            c.mlp_dim(),
-            dtype,
-        )
-        .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
+        let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
+        SingleStreamBlock::load(&mut replay, &key, dims, dtype, WeightFormat::Dense)
+            .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
     }
 }

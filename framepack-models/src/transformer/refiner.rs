@@ -4,7 +4,7 @@
 use burn::tensor::{DType, Tensor};
 
 use super::embeddings::ConditionEmbedding;
-use crate::nn::{LayerNorm, LoraLinear};
+use crate::nn::{LayerNorm, LoraLinear, LoraSlot};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -50,15 +50,15 @@ impl<B: FramePackBackend> RefinerBlock<B> {
         })
     }
 
-    fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+    fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
         out.extend([
-            &mut self.to_q,
-            &mut self.to_k,
-            &mut self.to_v,
-            &mut self.to_out,
-            &mut self.ff_in,
-            &mut self.ff_out,
-            &mut self.gates,
+            self.to_q.slot(),
+            self.to_k.slot(),
+            self.to_v.slot(),
+            self.to_out.slot(),
+            self.ff_in.slot(),
+            self.ff_out.slot(),
+            self.gates.slot(),
         ]);
     }
 
@@ -134,9 +134,9 @@ impl<B: FramePackBackend> TokenRefiner<B> {
     }
 
     /// The refiner's linear layers, for attaching LoRA adapters.
-    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<&'a mut LoraLinear<B>>) {
+    pub(crate) fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
         self.time_text_embed.lora_linears(out);
-        out.push(&mut self.proj_in);
+        out.push(self.proj_in.slot());
         for block in &mut self.blocks {
             block.lora_linears(out);
         }

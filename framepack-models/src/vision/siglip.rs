@@ -171,10 +171,7 @@ impl<B: FramePackBackend> SiglipVisionEncoder<B> {
                 src.tensor(&p("embeddings.patch_embedding.weight"), [d, c, k, k], dtype)?;
             let bias = src.tensor(&p("embeddings.patch_embedding.bias"), [d], dtype)?;
             Ok(Self {
-                patch_embedding: Linear {
-                    weight: kernel.reshape([d, c * k * k]),
-                    bias: Some(bias),
-                },
+                patch_embedding: Linear::new(kernel.reshape([d, c * k * k]), Some(bias)),
                 position_embedding: src.tensor(
                     &p("embeddings.position_embedding.weight"),
                     [config.num_patches(), d],

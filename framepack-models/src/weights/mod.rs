@@ -19,6 +19,8 @@ pub use safetensors::{CheckpointFiles, SafetensorsSource, TensorMeta};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
+use crate::fp8::Fp8Host;
+
 /// A provider of named parameters.
 ///
 /// `key` is the checkpoint's own name (e.g. `transformer_blocks.0.attn.to_q.weight`), `shape`
@@ -60,6 +62,21 @@ pub trait TensorSource<B: Backend> {
             }
         };
         Ok(data)
+    }
+
+    /// The `[out, in]` weight under `key` as FP8 codes with per-row scales, on the host
+    /// ([`crate::fp8`]). The default quantises the values read in fp32; a checkpoint that
+    /// stores e4m3 codes hands them over as they are.
+    fn fp8_host(&mut self, key: &str, shape: [usize; 2]) -> Result<Fp8Host, WeightError> {
+        let data = self.host_data(key, &shape, DType::F32)?;
+        let values = data
+            .to_vec::<f32>()
+            .map_err(|e| WeightError::UnsupportedDtype {
+                key: key.to_string(),
+                dtype: format!("{e:?}"),
+                path: Default::default(),
+            })?;
+        Ok(Fp8Host::quantize(&values, shape))
     }
 }
 

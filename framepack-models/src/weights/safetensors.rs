@@ -9,6 +9,7 @@ use memmap2::Mmap;
 use safetensors::{tensor::Metadata, Dtype, SafeTensors};
 
 use super::{ManifestEntry, TensorSource, WeightError};
+use crate::fp8::Fp8Host;
 
 /// Shape and storage dtype of one stored tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,19 +321,15 @@ impl CheckpointFiles {
             .clone())
     }
 
-    /// Reads `key` into host memory as `dtype`, checking that it has `shape`.
-    pub fn read_data(
-        &self,
-        key: &str,
-        shape: &[usize],
-        dtype: DType,
-    ) -> Result<TensorData, WeightError> {
+    /// The stored bytes and dtype of `key` and the file holding it, checking that the tensor
+    /// has `shape`.
+    fn stored(&self, key: &str, shape: &[usize]) -> Result<StoredTensor<'_>, WeightError> {
         let &file_index = self.index.get(key).ok_or_else(|| WeightError::MissingKey {
             key: key.to_string(),
             location: self.location.clone(),
         })?;
         let file = &self.files[file_index];
-        let (bytes, stored, stored_shape) =
+        let (bytes, dtype, stored_shape) =
             file.bytes(key).ok_or_else(|| WeightError::MissingKey {
                 key: key.to_string(),
                 location: file.path.clone(),
@@ -345,15 +342,46 @@ impl CheckpointFiles {
                 path: file.path.clone(),
             });
         }
-        let data =
-            decode(bytes, stored, shape, dtype).ok_or_else(|| WeightError::UnsupportedDtype {
+        Ok(StoredTensor { file, bytes, dtype })
+    }
+
+    /// Reads `key` into host memory as `dtype`, checking that it has `shape`.
+    pub fn read_data(
+        &self,
+        key: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<TensorData, WeightError> {
+        let t = self.stored(key, shape)?;
+        let data = decode(t.bytes, t.dtype, shape, dtype).ok_or_else(|| {
+            WeightError::UnsupportedDtype {
                 key: key.to_string(),
-                dtype: format!("{stored:?}"),
-                path: file.path.clone(),
-            })?;
-        file.release(key);
+                dtype: format!("{:?}", t.dtype),
+                path: t.file.path.clone(),
+            }
+        })?;
+        t.file.release(key);
         Ok(data)
     }
+
+    /// The e4m3 codes of `key` if the checkpoint stores it as `F8_E4M3` (checking `shape`),
+    /// or `None` for any other stored dtype.
+    pub fn read_e4m3(&self, key: &str, shape: &[usize]) -> Result<Option<Vec<u8>>, WeightError> {
+        let t = self.stored(key, shape)?;
+        if t.dtype != Dtype::F8_E4M3 {
+            return Ok(None);
+        }
+        let codes = t.bytes.to_vec();
+        t.file.release(key);
+        Ok(Some(codes))
+    }
+}
+
+/// One tensor's place in a mapped file.
+struct StoredTensor<'a> {
+    file: &'a MappedFile,
+    bytes: &'a [u8],
+    dtype: Dtype,
 }
 
 /// Converts little-endian stored values into a `TensorData` of the requested float dtype.
@@ -395,6 +423,11 @@ fn decode(bytes: &[u8], stored: Dtype, shape: &[usize], dtype: DType) -> Option<
             .into_iter()
             .map(|v| v as f32)
             .collect(),
+        // FP8 checkpoints (`float8_e4m3fn`, unscaled) load into any float dtype.
+        Dtype::F8_E4M3 => {
+            let table = crate::fp8::e4m3_table();
+            bytes.iter().map(|c| table[*c as usize]).collect()
+        }
         _ => return None,
     };
     match dtype {
@@ -502,5 +535,24 @@ impl<B: Backend> TensorSource<B> for SafetensorsSource<B> {
         let data = self.files.read_data(&key, shape, dtype)?;
         self.used.insert(key);
         Ok(data)
+    }
+
+    fn fp8_host(&mut self, key: &str, shape: [usize; 2]) -> Result<Fp8Host, WeightError> {
+        let full = format!("{}{key}", self.prefix);
+        let fp8 = match self.files.read_e4m3(&full, &shape)? {
+            Some(codes) => Fp8Host::from_codes(codes, shape),
+            None => {
+                let data = self.files.read_data(&full, &shape, DType::F32)?;
+                let values: Vec<f32> =
+                    data.into_vec().map_err(|e| WeightError::UnsupportedDtype {
+                        key: full.clone(),
+                        dtype: format!("{e:?}"),
+                        path: self.files.location.clone(),
+                    })?;
+                Fp8Host::quantize(&values, shape)
+            }
+        };
+        self.used.insert(full);
+        Ok(fp8)
     }
 }
