@@ -170,8 +170,8 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
 
     /// How the transformer blocks' linear layers keep their weights: [`WeightFormat::Fp8`]
     /// (e4m3 codes with per-row scales) halves their memory, with a small error against the
-    /// checkpoint's weights (docs/performance.md). It needs resident blocks (not the low-VRAM
-    /// mode) for now; [`MemoryMode::Auto`] then means resident.
+    /// checkpoint's weights (docs/performance.md). In the low-VRAM mode it also halves the
+    /// pinned host copy of the blocks and each block's transfer.
     pub fn block_weights(mut self, format: WeightFormat) -> Self {
         self.block_weights = format;
         self
@@ -256,12 +256,7 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                 });
             }
         }
-        // FP8 blocks cannot stream yet: auto keeps them resident (13 GB of weights instead
-        // of 26); asking for low-VRAM with them is an error from the transformer's loader.
-        let memory = match (self.memory, self.block_weights) {
-            (MemoryMode::Auto, WeightFormat::Fp8) => MemoryMode::Resident,
-            (memory, _) => memory.resolve(B::device_memory(&device)),
-        };
+        let memory = self.memory.resolve(B::device_memory(&device));
         let low_vram = memory.is_low_vram();
         let residency = if low_vram {
             BlockResidency::Streamed

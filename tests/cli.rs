@@ -149,8 +149,6 @@ fn bad_inputs_give_one_line_errors_and_write_nothing() {
     bytes.extend([0u8; 60]);
     std::fs::write(&bmp, bytes).unwrap();
     refuse(bmp.to_str().unwrap(), &[], "not a supported image");
-    // FP8 blocks cannot stream.
-    refuse(good_s, &["--fp8", "--memory", "low-vram"], "fp8");
     // Images of different buckets (start square, end frame 16:9), on the real bucket table.
     let wide = png(dir.path(), "wide.png", 192, 108, 2);
     let wide_s = wide.to_str().unwrap();

@@ -208,15 +208,20 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
     let mut times = Vec::new();
     // Streamed first, in a fresh process: its GPU figure is then not inflated by the pool that
     // the 25 GB resident model leaves behind.
-    for residency in [BlockResidency::Streamed, BlockResidency::Resident] {
+    for (residency, format) in [
+        (BlockResidency::Streamed, WeightFormat::Dense),
+        (BlockResidency::Streamed, WeightFormat::Fp8),
+        (BlockResidency::Resident, WeightFormat::Dense),
+    ] {
         let (_, before, _) = device_report(0).unwrap_or_default();
         let start = Instant::now();
         let mut src = RandomSource::<B>::new(device, 0, 0.02);
-        let model = FramePackTransformer::load_with_residency(
+        let model = FramePackTransformer::load_with(
             &mut src,
             config.clone(),
             DType::BF16,
             residency,
+            format,
         )
         .expect("random model");
         B::sync(device).expect("sync");
@@ -245,7 +250,7 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
         watcher.join().ok();
         let (in_use, reserved) = pool_usage(device);
         rows.push((
-            format!("{residency:?} blocks: forward"),
+            format!("{residency:?} {format:?} blocks: forward"),
             format!(
                 "median {t:.3} s of {iters} (build {build:.1} s); GPU peak {:.2} GiB (device used, idle before load {:.2} GiB); pool after: {:.2} GiB in use, {:.2} GiB reserved; host blocks {:.1} GiB; peak RSS so far {:.1} GiB",
                 gib(peak.load(Ordering::Relaxed)),
@@ -264,7 +269,11 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
     }
     rows.push((
         "streamed / resident".into(),
-        format!("{:.2}x per forward", times[0] / times[1]),
+        format!(
+            "{:.2}x per forward (FP8 streamed: {:.2}x)",
+            times[0] / times[2],
+            times[1] / times[2]
+        ),
     ));
 }
 

@@ -11,7 +11,7 @@
 //! ([`FramePackBackend::dequantize_fp8`]: a table lookup on the portable path, one kernel on
 //! CUDA), and the GEMM runs as usual.
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 use crate::ops::FramePackBackend;
 
@@ -148,7 +148,7 @@ impl Fp8Host {
     }
 
     /// Moves the weight to `device`; it expands to `dtype` at every use.
-    pub fn upload<B: FramePackBackend>(self, device: &B::Device, dtype: DType) -> Fp8Weight<B> {
+    pub fn upload<B: Backend>(self, device: &B::Device, dtype: DType) -> Fp8Weight<B> {
         let [rows, cols] = self.shape;
         let codes = Tensor::from_data(
             TensorData::new(self.codes, [rows, cols]),
@@ -165,7 +165,7 @@ impl Fp8Host {
 
 /// An FP8 weight on the device.
 #[derive(Debug, Clone)]
-pub struct Fp8Weight<B: FramePackBackend> {
+pub struct Fp8Weight<B: Backend> {
     /// `[out, in]` e4m3 codes (`u8`).
     pub codes: Tensor<B, 2, Int>,
     /// `[out]` fp32 scales.
@@ -179,7 +179,9 @@ impl<B: FramePackBackend> Fp8Weight<B> {
     pub fn dequantize(&self) -> Tensor<B, 2> {
         B::dequantize_fp8(self.codes.clone(), self.scales.clone(), self.dtype)
     }
+}
 
+impl<B: Backend> Fp8Weight<B> {
     /// `[out, in]`.
     pub fn dims(&self) -> [usize; 2] {
         self.codes.dims()

@@ -118,9 +118,7 @@ impl<B: FramePackBackend> Linear<B> {
         let shape = [out_features, in_features];
         let weight = match format {
             WeightFormat::Dense => Weight::Dense(src.tensor(&key, shape, dtype)?),
-            WeightFormat::Fp8 => {
-                Weight::Fp8(src.fp8_host(&key, shape)?.upload(src.device(), dtype))
-            }
+            WeightFormat::Fp8 => Weight::Fp8(src.fp8_weight(&key, shape, dtype)?),
         };
         let bias = if bias {
             Some(src.tensor(&join(prefix, "bias"), [out_features], dtype)?)

@@ -13,7 +13,9 @@
 
 use std::sync::Mutex;
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+
+use crate::fp8::Fp8Weight;
 
 use crate::weights::{TensorSource, WeightError};
 
@@ -40,6 +42,35 @@ impl HostBlock {
     pub fn bytes(&self) -> usize {
         self.tensors.iter().map(|t| t.data.bytes.len()).sum()
     }
+}
+
+/// A streamed parameter on the device: float weights, or the `u8` codes of an FP8 weight.
+#[derive(Debug, Clone)]
+pub enum StreamedTensor<B: Backend> {
+    /// A float tensor, flat.
+    Float(Tensor<B, 1>),
+    /// An integer (`u8`) tensor, flat.
+    Int(Tensor<B, 1, Int>),
+}
+
+impl<B: Backend> StreamedTensor<B> {
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Float(t) => t.dims()[0],
+            Self::Int(t) => t.dims()[0],
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The key under which a streamed FP8 weight's scales follow its codes.
+fn scales_key(key: &str) -> String {
+    format!("{key}:fp8_scales")
 }
 
 /// A [`TensorSource`] that reads each parameter from `inner` as host data, records it, and
@@ -85,25 +116,81 @@ impl<B: Backend, S: TensorSource<B>> TensorSource<B> for HostCapture<'_, B, S> {
     fn device(&self) -> &B::Device {
         self.inner.device()
     }
+
+    fn fp8_weight(
+        &mut self,
+        key: &str,
+        shape: [usize; 2],
+        dtype: DType,
+    ) -> Result<Fp8Weight<B>, WeightError> {
+        let host = self.inner.fp8_host(key, shape)?;
+        self.block.tensors.push(HostTensor {
+            key: key.to_string(),
+            shape: shape.to_vec(),
+            data: TensorData::new(host.codes, shape),
+        });
+        self.block.tensors.push(HostTensor {
+            key: scales_key(key),
+            shape: vec![shape[0]],
+            data: TensorData::new(host.scales, [shape[0]]),
+        });
+        let device = self.inner.device();
+        Ok(Fp8Weight {
+            codes: Tensor::<B, 2, Int>::zeros([1, 1], (device, DType::U8)).expand(shape),
+            scales: Tensor::<B, 1>::zeros([1], (device, DType::F32)).expand([shape[0]]),
+            dtype,
+        })
+    }
 }
 
 /// A [`TensorSource`] that hands back a block's device tensors (flat, in capture order),
 /// checking each request against what was captured.
 pub struct ReplaySource<B: Backend> {
     keys: Vec<String>,
-    tensors: std::vec::IntoIter<Tensor<B, 1>>,
+    tensors: std::vec::IntoIter<StreamedTensor<B>>,
     next: usize,
     device: B::Device,
 }
 
 impl<B: Backend> ReplaySource<B> {
     /// Replays `tensors` (flat, in the order of `block`).
-    pub fn new(block: &HostBlock, tensors: Vec<Tensor<B, 1>>, device: &B::Device) -> Self {
+    pub fn new(block: &HostBlock, tensors: Vec<StreamedTensor<B>>, device: &B::Device) -> Self {
         Self {
             keys: block.tensors.iter().map(|t| t.key.clone()).collect(),
             tensors: tensors.into_iter(),
             next: 0,
             device: device.clone(),
+        }
+    }
+
+    /// The next captured tensor, which must be `key` with `numel` elements.
+    fn take(&mut self, key: &str, shape: &[usize]) -> Result<StreamedTensor<B>, WeightError> {
+        let expected = self.keys.get(self.next).cloned().unwrap_or_default();
+        let tensor = self
+            .tensors
+            .next()
+            .filter(|_| expected == key)
+            .ok_or_else(|| WeightError::MissingKey {
+                key: key.to_string(),
+                location: format!("streamed block (expected `{expected}` next)").into(),
+            })?;
+        self.next += 1;
+        if tensor.len() != shape.iter().product::<usize>() {
+            return Err(WeightError::ShapeMismatch {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: vec![tensor.len()],
+                path: "streamed block".into(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    fn kind_error(key: &str, what: &str) -> WeightError {
+        WeightError::UnsupportedDtype {
+            key: key.to_string(),
+            dtype: format!("{what} in the streamed block"),
+            path: "streamed block".into(),
         }
     }
 }
@@ -115,30 +202,33 @@ impl<B: Backend> TensorSource<B> for ReplaySource<B> {
         shape: [usize; D],
         dtype: DType,
     ) -> Result<Tensor<B, D>, WeightError> {
-        let expected = self.keys.get(self.next).cloned().unwrap_or_default();
-        let tensor = self
-            .tensors
-            .next()
-            .filter(|_| expected == key)
-            .ok_or_else(|| WeightError::MissingKey {
-                key: key.to_string(),
-                location: format!("streamed block (expected `{expected}` next)").into(),
-            })?;
-        self.next += 1;
-        let numel: usize = shape.iter().product();
-        if tensor.dims()[0] != numel {
-            return Err(WeightError::ShapeMismatch {
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: tensor.dims().to_vec(),
-                path: "streamed block".into(),
-            });
+        match self.take(key, &shape)? {
+            StreamedTensor::Float(t) => Ok(t.reshape(shape).cast(dtype)),
+            StreamedTensor::Int(_) => Err(Self::kind_error(key, "FP8 codes")),
         }
-        Ok(tensor.reshape(shape).cast(dtype))
     }
 
     fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    fn fp8_weight(
+        &mut self,
+        key: &str,
+        shape: [usize; 2],
+        dtype: DType,
+    ) -> Result<Fp8Weight<B>, WeightError> {
+        let StreamedTensor::Int(codes) = self.take(key, &shape)? else {
+            return Err(Self::kind_error(key, "a dense weight"));
+        };
+        let StreamedTensor::Float(scales) = self.take(&scales_key(key), &[shape[0]])? else {
+            return Err(Self::kind_error(key, "FP8 codes for scales"));
+        };
+        Ok(Fp8Weight {
+            codes: codes.reshape(shape),
+            scales,
+            dtype,
+        })
     }
 }
 
@@ -152,7 +242,7 @@ pub trait BlockStreamer<B: Backend>: Send + Sync {
     fn prefetch(&self, index: usize);
 
     /// The device tensors of block `index`, flat, in capture order (waits for its copy).
-    fn fetch(&self, index: usize) -> Vec<Tensor<B, 1>>;
+    fn fetch(&self, index: usize) -> Vec<StreamedTensor<B>>;
 
     /// The captured block `index` (keys and shapes).
     fn block(&self, index: usize) -> &HostBlock;
@@ -191,14 +281,19 @@ where
 
     fn prefetch(&self, _index: usize) {}
 
-    fn fetch(&self, index: usize) -> Vec<Tensor<B, 1>> {
+    fn fetch(&self, index: usize) -> Vec<StreamedTensor<B>> {
         self.blocks[index]
             .tensors
             .iter()
             .map(|t| {
                 let numel: usize = t.shape.iter().product();
-                let data = TensorData::from_bytes_vec(t.data.bytes.to_vec(), [numel], t.data.dtype);
-                Tensor::from_data(data, (&self.device, t.data.dtype))
+                let dtype = t.data.dtype;
+                let data = TensorData::from_bytes_vec(t.data.bytes.to_vec(), [numel], dtype);
+                if dtype == DType::U8 {
+                    StreamedTensor::Int(Tensor::from_data(data, (&self.device, dtype)))
+                } else {
+                    StreamedTensor::Float(Tensor::from_data(data, (&self.device, dtype)))
+                }
             })
             .collect()
     }

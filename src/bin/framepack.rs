@@ -153,9 +153,9 @@ struct ModelArgs {
     /// blocks streamed from host memory, encoders loaded per job, tiled VAE decode).
     #[arg(long, default_value = "auto")]
     memory: String,
-    /// Keep the transformer blocks' weights as FP8 (e4m3, one scale per row): half their GPU
-    /// memory, a small error against the checkpoint's weights. Needs resident blocks (with
-    /// --fp8, --memory auto means resident).
+    /// Keep the transformer blocks' weights as FP8 (e4m3, one scale per row): half their
+    /// memory (GPU, or pinned host memory in low-vram mode), a small error against the
+    /// checkpoint's weights.
     #[arg(long)]
     fp8: bool,
 }
@@ -706,13 +706,6 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
         .memory
         .parse()
         .map_err(|reason: String| invalid("memory", reason))?;
-    if args.models.fp8 && memory == MemoryMode::LowVram {
-        return Err(invalid(
-            "fp8",
-            "FP8 block weights need resident blocks; use --memory resident (or auto with enough GPU memory)",
-        )
-        .into());
-    }
     let mut builder = Pipeline::<B>::builder_for()
         .device(device)
         .dtypes(dtypes)

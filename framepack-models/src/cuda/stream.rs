@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
 use super::engine::{engine, Engine};
 use super::{CudaBackend, CudaDevice};
-use crate::streaming::{BlockStreamer, HostBlock, HostTensor};
+use crate::streaming::{BlockStreamer, HostBlock, HostTensor, StreamedTensor};
 
 /// Byte alignment of each tensor inside a block's pinned buffer.
 const ALIGN: usize = 256;
@@ -22,7 +22,7 @@ struct PinnedBlock {
 }
 
 struct InFlight {
-    tensors: Vec<Tensor<CudaBackend, 1>>,
+    tensors: Vec<StreamedTensor<CudaBackend>>,
     done: CudaEvent,
 }
 
@@ -48,20 +48,27 @@ impl CudaStreamer {
 
     fn start_copy(&self, index: usize) -> InFlight {
         let block = &self.blocks[index];
-        let tensors: Vec<Tensor<CudaBackend, 1>> = block
+        // FP8 codes are `u8` integer tensors, everything else float.
+        let tensors: Vec<StreamedTensor<CudaBackend>> = block
             .meta
             .tensors
             .iter()
             .map(|t| {
-                Tensor::empty(
-                    [t.shape.iter().product::<usize>()],
-                    (&self.device, t.data.dtype),
-                )
+                let shape = [t.shape.iter().product::<usize>()];
+                let options = (&self.device, t.data.dtype);
+                if t.data.dtype == DType::U8 {
+                    StreamedTensor::Int(Tensor::<CudaBackend, 1, Int>::empty(shape, options))
+                } else {
+                    StreamedTensor::Float(Tensor::empty(shape, options))
+                }
             })
             .collect();
         let prims: Vec<_> = tensors
             .iter()
-            .map(|t| t.clone().into_primitive().tensor())
+            .map(|t| match t {
+                StreamedTensor::Float(t) => t.clone().into_primitive().tensor(),
+                StreamedTensor::Int(t) => t.clone().into_primitive(),
+            })
             .collect();
         let resources: Vec<_> = prims
             .iter()
@@ -155,7 +162,7 @@ impl BlockStreamer<CudaBackend> for CudaStreamer {
         }
     }
 
-    fn fetch(&self, index: usize) -> Vec<Tensor<CudaBackend, 1>> {
+    fn fetch(&self, index: usize) -> Vec<StreamedTensor<CudaBackend>> {
         let pending = self
             .in_flight
             .lock()

@@ -59,6 +59,8 @@ enum Blocks<B: FramePackBackend> {
     Streamed {
         streamer: Box<dyn BlockStreamer<B>>,
         device: B::Device,
+        /// How the blocks' linear weights were captured (and are replayed).
+        format: WeightFormat,
         /// Staged index of each double block, then of each single block.
         double: Vec<usize>,
         single: Vec<usize>,
@@ -115,7 +117,8 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
 
     /// [`FramePackTransformer::load`] with the blocks' [`BlockResidency`] and the format of
     /// their linear layers' weights chosen. [`WeightFormat::Fp8`] halves the blocks' memory
-    /// (e4m3 codes with per-row scales, [`crate::fp8`]); it needs resident blocks for now.
+    /// (e4m3 codes with per-row scales, [`crate::fp8`]), resident or streamed (then the host
+    /// copy and every block's transfer are halved too).
     pub fn load_with<S: TensorSource<B>>(
         src: &mut S,
         config: TransformerConfig,
@@ -126,12 +129,6 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
-        if block_weights == WeightFormat::Fp8 && residency == BlockResidency::Streamed {
-            return Err(ModelError::input(
-                "block_weights",
-                "FP8 block weights cannot be streamed yet; keep the blocks resident",
-            ));
-        }
         let c = &config;
         let hidden = c.hidden_size();
         let mlp = c.mlp_dim();
@@ -656,6 +653,7 @@ impl<B: FramePackBackend> Blocks<B> {
                 Ok(Self::Streamed {
                     streamer,
                     device: src.device().clone(),
+                    format,
                     double,
                     single,
                 })
@@ -672,7 +670,10 @@ impl<B: FramePackBackend> Blocks<B> {
         id: usize,
     ) -> DoubleStreamBlock<B> {
         let Self::Streamed {
-            streamer, device, ..
+            streamer,
+            device,
+            format,
+            ..
         } = self
         else {
             unreachable!("fetch on resident blocks")
@@ -680,7 +681,7 @@ impl<B: FramePackBackend> Blocks<B> {
         let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
         let key = format!("transformer_blocks.{i}");
         let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
-        DoubleStreamBlock::load(&mut replay, &key, dims, dtype, WeightFormat::Dense)
+        DoubleStreamBlock::load(&mut replay, &key, dims, dtype, *format)
             .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
     }
 
@@ -693,7 +694,10 @@ impl<B: FramePackBackend> Blocks<B> {
         id: usize,
     ) -> SingleStreamBlock<B> {
         let Self::Streamed {
-            streamer, device, ..
+            streamer,
+            device,
+            format,
+            ..
         } = self
         else {
             unreachable!("fetch on resident blocks")
@@ -701,7 +705,7 @@ impl<B: FramePackBackend> Blocks<B> {
         let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
         let key = format!("single_transformer_blocks.{j}");
         let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
-        SingleStreamBlock::load(&mut replay, &key, dims, dtype, WeightFormat::Dense)
+        SingleStreamBlock::load(&mut replay, &key, dims, dtype, *format)
             .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
     }
 }

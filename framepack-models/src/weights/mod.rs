@@ -19,7 +19,7 @@ pub use safetensors::{CheckpointFiles, SafetensorsSource, TensorMeta};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use crate::fp8::Fp8Host;
+use crate::fp8::{Fp8Host, Fp8Weight};
 
 /// A provider of named parameters.
 ///
@@ -77,6 +77,17 @@ pub trait TensorSource<B: Backend> {
                 path: Default::default(),
             })?;
         Ok(Fp8Host::quantize(&values, shape))
+    }
+
+    /// [`TensorSource::fp8_host`] on the device, expanding to `dtype` at every use. Streamed
+    /// blocks capture and replay it as two tensors (codes, scales).
+    fn fp8_weight(
+        &mut self,
+        key: &str,
+        shape: [usize; 2],
+        dtype: DType,
+    ) -> Result<Fp8Weight<B>, WeightError> {
+        Ok(self.fp8_host(key, shape)?.upload(self.device(), dtype))
     }
 }
 
