@@ -186,12 +186,6 @@ impl<B: Backend> Fp8Weight<B> {
     pub fn dims(&self) -> [usize; 2] {
         self.codes.dims()
     }
-
-    /// Bytes held on the device (codes and scales).
-    pub fn bytes(&self) -> usize {
-        let [rows, cols] = self.dims();
-        rows * cols + rows * 4
-    }
 }
 
 #[cfg(test)]

@@ -59,11 +59,23 @@ impl<B: FramePackBackend> Weight<B> {
         }
     }
 
-    /// Bytes held on the device.
-    pub fn bytes(&self) -> usize {
-        match self {
-            Self::Dense(w) => w.shape().num_elements() * w.dtype().size(),
-            Self::Fp8(w) => w.bytes(),
+    /// The weights stacked along the output dimension. FP8 parts stay FP8 (per-row scales
+    /// concatenate like the rows); a mix is stacked dense.
+    pub fn cat_rows(parts: Vec<Self>) -> Self {
+        let fp8: Vec<&Fp8Weight<B>> = parts
+            .iter()
+            .filter_map(|w| match w {
+                Self::Fp8(w) => Some(w),
+                Self::Dense(_) => None,
+            })
+            .collect();
+        match fp8.first() {
+            Some(first) if fp8.len() == parts.len() => Self::Fp8(Fp8Weight {
+                codes: Tensor::cat(fp8.iter().map(|w| w.codes.clone()).collect(), 0),
+                scales: Tensor::cat(fp8.iter().map(|w| w.scales.clone()).collect(), 0),
+                dtype: first.dtype,
+            }),
+            _ => Self::Dense(Tensor::cat(parts.iter().map(Self::tensor).collect(), 0)),
         }
     }
 }
@@ -346,26 +358,7 @@ impl<B: FramePackBackend> FusedLinear<B> {
                 adapter: None,
             });
         }
-        // Per-row scales make FP8 parts concatenate like dense ones.
-        let weight = match format {
-            WeightFormat::Dense => {
-                Weight::Dense(Tensor::cat(weights.iter().map(Weight::tensor).collect(), 0))
-            }
-            WeightFormat::Fp8 => {
-                let parts: Vec<_> = weights
-                    .into_iter()
-                    .filter_map(|w| match w {
-                        Weight::Fp8(w) => Some(w),
-                        Weight::Dense(_) => None,
-                    })
-                    .collect();
-                Weight::Fp8(Fp8Weight {
-                    codes: Tensor::cat(parts.iter().map(|w| w.codes.clone()).collect(), 0),
-                    scales: Tensor::cat(parts.iter().map(|w| w.scales.clone()).collect(), 0),
-                    dtype,
-                })
-            }
-        };
+        let weight = Weight::cat_rows(weights);
         let linear = Linear {
             weight,
             bias: Some(Tensor::cat(biases, 0)),

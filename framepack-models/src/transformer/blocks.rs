@@ -8,6 +8,11 @@ use crate::weights::{join, TensorSource, WeightError};
 
 const EPS: f64 = 1e-6;
 
+/// The image (or joint) stream's q, k and v projections, fused into one GEMM.
+const TO_QKV: [&str; 3] = ["attn.to_q", "attn.to_k", "attn.to_v"];
+/// The text stream's q, k and v projections (double blocks).
+const ADD_QKV: [&str; 3] = ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"];
+
 /// Per-token rotary tables of the image stream, `[tokens, head_dim]` fp32 tensors.
 #[derive(Debug, Clone)]
 pub struct Rotary<B: FramePackBackend> {
@@ -127,22 +132,8 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         Ok(Self {
             norm1: lin(src, "norm1.linear", hidden, 6 * hidden)?,
             norm1_context: lin(src, "norm1_context.linear", hidden, 6 * hidden)?,
-            to_qkv: load_qkv(
-                src,
-                prefix,
-                ["attn.to_q", "attn.to_k", "attn.to_v"],
-                hidden,
-                dtype,
-                format,
-            )?,
-            add_qkv: load_qkv(
-                src,
-                prefix,
-                ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
-                hidden,
-                dtype,
-                format,
-            )?,
+            to_qkv: load_qkv(src, prefix, TO_QKV, hidden, dtype, format)?,
+            add_qkv: load_qkv(src, prefix, ADD_QKV, hidden, dtype, format)?,
             norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
             norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
             norm_added_q: RmsNorm::load(src, &p("attn.norm_added_q"), head_dim, EPS, dtype)?,
@@ -250,14 +241,7 @@ impl<B: FramePackBackend> SingleStreamBlock<B> {
         };
         Ok(Self {
             norm: lin(src, "norm.linear", hidden, 3 * hidden)?,
-            to_qkv: load_qkv(
-                src,
-                prefix,
-                ["attn.to_q", "attn.to_k", "attn.to_v"],
-                hidden,
-                dtype,
-                format,
-            )?,
+            to_qkv: load_qkv(src, prefix, TO_QKV, hidden, dtype, format)?,
             norm_q: RmsNorm::load(src, &p("attn.norm_q"), head_dim, EPS, dtype)?,
             norm_k: RmsNorm::load(src, &p("attn.norm_k"), head_dim, EPS, dtype)?,
             proj_mlp: lin(src, "proj_mlp", hidden, mlp)?,
