@@ -6,6 +6,7 @@
 //! cargo build --release --no-default-features --features cuda --example memory_bench
 //! memory_bench --memory low-vram --seconds 5 --steps 25
 //! memory_bench --memory resident --seconds 1 --steps 4
+//! memory_bench --memory low-vram --seconds 5 --steps 25 --fp8   # FP8 block weights
 //! ```
 //!
 //! GPU memory is the device's used memory (`total - free`, this process and the CUDA context
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use framepack::framepack_models::cuda::{pool_usage, CudaBackend, CudaDevice};
 use framepack::{
-    FramePackBackend, InputImage, MemoryMode, Pipeline, Progress, Request, Resolution,
+    FramePackBackend, InputImage, MemoryMode, Pipeline, Progress, Request, Resolution, WeightFormat,
 };
 
 type B = CudaBackend;
@@ -94,6 +95,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .device(device.clone())
         .full_size_random(0)
         .memory(memory)
+        .block_weights(if args.iter().any(|a| a == "--fp8") {
+            WeightFormat::Fp8
+        } else {
+            WeightFormat::Dense
+        })
         .build()?;
     let build = start.elapsed().as_secs_f64();
     let after_build = used(&device);

@@ -265,113 +265,118 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
         };
         let family = family(self.mode);
         let mut revisions = BTreeMap::new();
-        let (transformer, mut vae, text, siglip, processor) = match &source {
-            Source::Random { seed, scale } => {
-                let (seed, scale) = (*seed, *scale);
-                let text_device = device.clone();
-                let load_text: Loader<Box<dyn PromptEncoder<B>>> = Box::new(move || {
-                    let encoders = tiny::text_encoders::<B>(
-                        &text_device,
-                        seed,
-                        scale,
-                        dtypes.text,
-                        low_vram && scale == Scale::Full,
+        // Exact-size buffers in the low-VRAM mode: the resident parts do not pin pooled pages.
+        let loaded = sized::<B, _>(low_vram, &device, || -> Result<_> {
+            Ok(match &source {
+                Source::Random { seed, scale } => {
+                    let (seed, scale) = (*seed, *scale);
+                    let text_device = device.clone();
+                    let load_text: Loader<Box<dyn PromptEncoder<B>>> = Box::new(move || {
+                        let encoders = tiny::text_encoders::<B>(
+                            &text_device,
+                            seed,
+                            scale,
+                            dtypes.text,
+                            low_vram && scale == Scale::Full,
+                        )?;
+                        Ok(Box::new(encoders) as Box<dyn PromptEncoder<B>>)
+                    });
+                    let image_device = device.clone();
+                    let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
+                        tiny::siglip::<B>(&image_device, seed, scale, dtypes.image)
+                    });
+                    let text = TextSlot {
+                        revision: format!("random {scale:?} seed {seed} ({:?})", dtypes.text),
+                        encoders: on_demand(low_vram, load_text)?,
+                    };
+                    (
+                        tiny::transformer::<B>(
+                            &device,
+                            seed,
+                            scale,
+                            dtypes.transformer,
+                            residency,
+                            self.block_weights,
+                        )?,
+                        tiny::vae::<B>(&device, seed, scale, dtypes.vae)?,
+                        CachedPromptEncoder::new(text, PromptCache::in_memory(&device)),
+                        on_demand(low_vram, load_siglip)?,
+                        SiglipImageProcessor::default(),
+                    )
+                }
+                Source::Pretrained(locations) => {
+                    let loc = |c: Component, revisions: &mut BTreeMap<String, String>| {
+                        let found = locations.locate(c)?;
+                        revisions.insert(c.name().to_string(), found.revision.clone());
+                        Ok::<_, Error>(found.path)
+                    };
+                    let transformer_path = loc(transformer_component(family), &mut revisions)?;
+                    let folders = TextEncoderFolders {
+                        text_encoder: loc(Component::TextEncoder, &mut revisions)?,
+                        text_encoder_2: loc(Component::TextEncoder2, &mut revisions)?,
+                        tokenizer: loc(Component::Tokenizer, &mut revisions)?,
+                        tokenizer_2: loc(Component::Tokenizer2, &mut revisions)?,
+                    };
+                    let vae_path = loc(Component::Vae, &mut revisions)?;
+                    let processor_path = loc(Component::FeatureExtractor, &mut revisions)?;
+                    let siglip_path = loc(Component::ImageEncoder, &mut revisions)?;
+
+                    let processor = SiglipImageProcessor::from_file(
+                        processor_path.join("preprocessor_config.json"),
                     )?;
-                    Ok(Box::new(encoders) as Box<dyn PromptEncoder<B>>)
-                });
-                let image_device = device.clone();
-                let load_siglip: Loader<SiglipVisionEncoder<B>> =
-                    Box::new(move || tiny::siglip::<B>(&image_device, seed, scale, dtypes.image));
-                let text = TextSlot {
-                    revision: format!("random {scale:?} seed {seed} ({:?})", dtypes.text),
-                    encoders: on_demand(low_vram, load_text)?,
-                };
-                (
-                    tiny::transformer::<B>(
+                    let text_revision = format!(
+                        "{}|{}",
+                        revisions[Component::TextEncoder.name()],
+                        revisions[Component::Tokenizer.name()]
+                    );
+                    let text_device = device.clone();
+                    let revision = text_revision.clone();
+                    let load_text: Loader<Box<dyn PromptEncoder<B>>> = Box::new(move || {
+                        let load = if low_vram {
+                            TextEncoders::load_layerwise
+                        } else {
+                            TextEncoders::load
+                        };
+                        let encoders = load(
+                            &folders,
+                            &text_device,
+                            dtypes.text,
+                            PromptOverflow::Truncate,
+                            revision.clone(),
+                        )?;
+                        Ok(Box::new(encoders) as Box<dyn PromptEncoder<B>>)
+                    });
+                    let cache = match &self.prompt_cache {
+                        Some(dir) => PromptCache::on_disk(dir, &device)?,
+                        None => PromptCache::in_memory(&device),
+                    };
+                    let text = TextSlot {
+                        revision: format!("{text_revision}|llama {0:?}|clip {0:?}", dtypes.text),
+                        encoders: on_demand(low_vram, load_text)?,
+                    };
+                    let image_device = device.clone();
+                    let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
+                        SiglipVisionEncoder::from_folder(&siglip_path, &image_device, dtypes.image)
+                    });
+                    let vae = load_vae(&vae_path, &device, dtypes.vae)?;
+                    let transformer = FramePackTransformer::from_folder_with(
+                        &transformer_path,
                         &device,
-                        seed,
-                        scale,
                         dtypes.transformer,
                         residency,
                         self.block_weights,
-                    )?,
-                    tiny::vae::<B>(&device, seed, scale, dtypes.vae)?,
-                    CachedPromptEncoder::new(text, PromptCache::in_memory(&device)),
-                    on_demand(low_vram, load_siglip)?,
-                    SiglipImageProcessor::default(),
-                )
-            }
-            Source::Pretrained(locations) => {
-                let loc = |c: Component, revisions: &mut BTreeMap<String, String>| {
-                    let found = locations.locate(c)?;
-                    revisions.insert(c.name().to_string(), found.revision.clone());
-                    Ok::<_, Error>(found.path)
-                };
-                let transformer_path = loc(transformer_component(family), &mut revisions)?;
-                let folders = TextEncoderFolders {
-                    text_encoder: loc(Component::TextEncoder, &mut revisions)?,
-                    text_encoder_2: loc(Component::TextEncoder2, &mut revisions)?,
-                    tokenizer: loc(Component::Tokenizer, &mut revisions)?,
-                    tokenizer_2: loc(Component::Tokenizer2, &mut revisions)?,
-                };
-                let vae_path = loc(Component::Vae, &mut revisions)?;
-                let processor_path = loc(Component::FeatureExtractor, &mut revisions)?;
-                let siglip_path = loc(Component::ImageEncoder, &mut revisions)?;
-
-                let processor = SiglipImageProcessor::from_file(
-                    processor_path.join("preprocessor_config.json"),
-                )?;
-                let text_revision = format!(
-                    "{}|{}",
-                    revisions[Component::TextEncoder.name()],
-                    revisions[Component::Tokenizer.name()]
-                );
-                let text_device = device.clone();
-                let revision = text_revision.clone();
-                let load_text: Loader<Box<dyn PromptEncoder<B>>> = Box::new(move || {
-                    let load = if low_vram {
-                        TextEncoders::load_layerwise
-                    } else {
-                        TextEncoders::load
-                    };
-                    let encoders = load(
-                        &folders,
-                        &text_device,
-                        dtypes.text,
-                        PromptOverflow::Truncate,
-                        revision.clone(),
                     )?;
-                    Ok(Box::new(encoders) as Box<dyn PromptEncoder<B>>)
-                });
-                let cache = match &self.prompt_cache {
-                    Some(dir) => PromptCache::on_disk(dir, &device)?,
-                    None => PromptCache::in_memory(&device),
-                };
-                let text = TextSlot {
-                    revision: format!("{text_revision}|llama {0:?}|clip {0:?}", dtypes.text),
-                    encoders: on_demand(low_vram, load_text)?,
-                };
-                let image_device = device.clone();
-                let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
-                    SiglipVisionEncoder::from_folder(&siglip_path, &image_device, dtypes.image)
-                });
-                let vae = load_vae(&vae_path, &device, dtypes.vae)?;
-                let transformer = FramePackTransformer::from_folder_with(
-                    &transformer_path,
-                    &device,
-                    dtypes.transformer,
-                    residency,
-                    self.block_weights,
-                )?;
-                (
-                    transformer,
-                    vae,
-                    CachedPromptEncoder::new(text, cache),
-                    on_demand(low_vram, load_siglip)?,
-                    processor,
-                )
-            }
-        };
+                    (
+                        transformer,
+                        vae,
+                        CachedPromptEncoder::new(text, cache),
+                        on_demand(low_vram, load_siglip)?,
+                        processor,
+                    )
+                }
+            })
+        })?;
+        let (transformer, mut vae, text, siglip, processor) = loaded;
         if low_vram {
             vae.set_tiling(VaeTiling::low_vram())?;
             // Loading leaves conversion buffers in the pool; hand them back.
@@ -391,6 +396,21 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
             processor,
             revisions,
         })
+    }
+}
+
+/// Runs `work` with exact-size device allocations in the low-VRAM mode
+/// ([`FramePackBackend::with_exact_allocations`]): its shapes repeat step after step, so the
+/// device holds about the live tensors instead of pooled pages sized for the largest.
+fn sized<B: FramePackBackend, R>(
+    low_vram: bool,
+    device: &B::Device,
+    work: impl FnOnce() -> R,
+) -> R {
+    if low_vram {
+        B::with_exact_allocations(device, work)
+    } else {
+        work()
     }
 }
 
@@ -797,6 +817,22 @@ impl<B: FramePackBackend> Pipeline<B> {
         &mut self,
         request: &Request,
         cancel: &CancelToken,
+        on_progress: F,
+    ) -> Result<Video<B>>
+    where
+        F: FnMut(Progress<'_, B>),
+    {
+        let device = self.device.clone();
+        sized::<B, _>(self.memory.is_low_vram(), &device, || {
+            self.run_job(request, cancel, on_progress)
+        })
+    }
+
+    /// [`Pipeline::generate_cancellable`]'s work.
+    fn run_job<F>(
+        &mut self,
+        request: &Request,
+        cancel: &CancelToken,
         mut on_progress: F,
     ) -> Result<Video<B>>
     where
@@ -897,6 +933,7 @@ impl<B: FramePackBackend> Pipeline<B> {
             .shift(shift);
         let job_cancel = CancelToken::new();
         let vae = &self.vae;
+        let (low_vram, device) = (self.memory.is_low_vram(), self.device.clone());
         let mut clip = Clip::default();
         let mut failure: Option<Error> = None;
         let mut decode_time = Duration::ZERO;
@@ -925,6 +962,10 @@ impl<B: FramePackBackend> Pipeline<B> {
                         return;
                     }
                     decode_time += t.elapsed();
+                    if low_vram {
+                        // The decode's buffers have this section's sizes: return them.
+                        B::memory_cleanup(&device);
+                    }
                     on_progress(Progress::Section(SectionProgress {
                         section: s.window.index,
                         sections: s.sections,

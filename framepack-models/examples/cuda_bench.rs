@@ -22,6 +22,7 @@ use framepack_models::fp8::Fp8Host;
 use framepack_models::nn::WeightFormat;
 use framepack_models::transformer::{
     BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+    STREAMED_TOKEN_CHUNK,
 };
 use framepack_models::weights::{
     CheckpointFiles, RandomSource, SafetensorsSource, TensorSource, WeightError,
@@ -200,30 +201,78 @@ fn reference_inputs(io: &CheckpointFiles, device: &CudaDevice) -> TransformerInp
     }
 }
 
-/// Resident vs streamed blocks on the same random weights: forward time, GPU memory, host
-/// memory.
-fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, String)>) {
+/// Prints a result row at once (a long call may be cut short) and keeps it for the table.
+fn report(rows: &mut Vec<(String, String)>, row: (String, String)) {
+    eprintln!("| {} | {} |", row.0, row.1);
+    rows.push(row);
+}
+
+/// Resident vs streamed blocks on the same weights (random, or the reference's file when
+/// given, read through the memory-mapped loader): forward time, GPU memory, host memory.
+/// Streamed models load and run with exact-size allocations, as the pipeline's low-VRAM mode.
+fn memory_modes(
+    device: &CudaDevice,
+    iters: usize,
+    reference: Option<&str>,
+    rows: &mut Vec<(String, String)>,
+) {
     let config = TransformerConfig::framepack();
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let mut times = Vec::new();
     // Streamed first, in a fresh process: its GPU figure is then not inflated by the pool that
-    // the 25 GB resident model leaves behind.
-    for (residency, format) in [
-        (BlockResidency::Streamed, WeightFormat::Dense),
-        (BlockResidency::Streamed, WeightFormat::Fp8),
-        (BlockResidency::Resident, WeightFormat::Dense),
+    // the 25 GB resident model leaves behind. The third row turns the streamed model's
+    // feed-forward slicing and its pool clean-ups between block kinds off, to show what they
+    // save and cost.
+    let default_chunk = Some(STREAMED_TOKEN_CHUNK);
+    for (residency, format, chunk) in [
+        (BlockResidency::Streamed, WeightFormat::Dense, default_chunk),
+        (BlockResidency::Streamed, WeightFormat::Fp8, default_chunk),
+        (BlockResidency::Streamed, WeightFormat::Dense, None),
+        (BlockResidency::Resident, WeightFormat::Dense, None),
     ] {
+        let streamed = residency == BlockResidency::Streamed;
+        let exact = |work: &mut dyn FnMut()| {
+            if streamed {
+                B::with_exact_allocations(device, work)
+            } else {
+                work()
+            }
+        };
         let (_, before, _) = device_report(0).unwrap_or_default();
         let start = Instant::now();
-        let mut src = RandomSource::<B>::new(device, 0, 0.02);
-        let model = FramePackTransformer::load_with(
-            &mut src,
-            config.clone(),
-            DType::BF16,
-            residency,
-            format,
-        )
-        .expect("random model");
+        let mut model = None;
+        exact(&mut || {
+            model = Some(match reference {
+                Some(path) => {
+                    let mut src =
+                        SafetensorsSource::<B>::open(path, device).expect("reference weights");
+                    let model = FramePackTransformer::load_with(
+                        &mut src,
+                        config.clone(),
+                        DType::BF16,
+                        residency,
+                        format,
+                    )
+                    .expect("load");
+                    src.finish(|_| false).expect("every reference tensor used");
+                    model
+                }
+                None => {
+                    let mut src = RandomSource::<B>::new(device, 0, 0.02);
+                    FramePackTransformer::load_with(
+                        &mut src,
+                        config.clone(),
+                        DType::BF16,
+                        residency,
+                        format,
+                    )
+                    .expect("random model")
+                }
+            })
+        });
+        let mut model = model.expect("model loaded");
+        model.set_token_chunk(chunk);
+        model.set_pool_cleanup(streamed && chunk.is_some());
         B::sync(device).expect("sync");
         let build = start.elapsed().as_secs_f64();
         // Loading leaves conversion buffers in the pool: hand them back, as the pipeline does.
@@ -243,14 +292,23 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
                 }
             })
         };
-        let t = time::<B>(iters, device, || {
-            drop(model.forward(&inputs).expect("forward"))
+        let mut t = 0.0;
+        exact(&mut || {
+            t = time::<B>(iters, device, || {
+                drop(model.forward(&inputs).expect("forward"))
+            })
         });
         done.store(true, Ordering::Relaxed);
         watcher.join().ok();
         let (in_use, reserved) = pool_usage(device);
-        rows.push((
-            format!("{residency:?} {format:?} blocks: forward"),
+        let chunk = match chunk {
+            Some(tokens) => {
+                format!(", feed-forward in {tokens}-token slices, pool cleaned per block kind")
+            }
+            None => String::new(),
+        };
+        report(rows, (
+            format!("{residency:?} {format:?} blocks{chunk}: forward"),
             format!(
                 "median {t:.3} s of {iters} (build {build:.1} s); GPU peak {:.2} GiB (device used, idle before load {:.2} GiB); pool after: {:.2} GiB in use, {:.2} GiB reserved; host blocks {:.1} GiB; peak RSS so far {:.1} GiB",
                 gib(peak.load(Ordering::Relaxed)),
@@ -267,14 +325,89 @@ fn memory_modes(device: &CudaDevice, iters: usize, rows: &mut Vec<(String, Strin
         B::sync(device).expect("sync");
         B::memory_cleanup(device);
     }
-    rows.push((
-        "streamed / resident".into(),
-        format!(
-            "{:.2}x per forward (FP8 streamed: {:.2}x)",
-            times[0] / times[2],
-            times[1] / times[2]
+    report(
+        rows,
+        (
+            "streamed / resident".into(),
+            format!(
+                "{:.2}x per forward (FP8 streamed: {:.2}x; without slices and clean-ups: {:.2}x)",
+                times[0] / times[3],
+                times[1] / times[3],
+                times[2] / times[3]
+            ),
         ),
-    ));
+    );
+}
+
+/// The full-size VAE (random fp16 weights) on CUDA: one decoder convolution on cuBLASLt and
+/// on burn's kernel, then FramePack's encode of one 640x608 frame and decode of a section's
+/// latents, both with the low-VRAM tiling (first call includes kernel compilation).
+fn vae_bench(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
+    use framepack_models::vae::{HunyuanVideoVae, VaeConfig, VaeTiling};
+    let seconds = |f: &mut dyn FnMut()| {
+        B::sync(device).expect("sync");
+        let start = Instant::now();
+        f();
+        B::sync(device).expect("sync");
+        start.elapsed().as_secs_f64()
+    };
+    let rand5 = |shape: [usize; 5], std: f64| {
+        Tensor::<B, 5>::random(shape, Distribution::Normal(0.0, std), device).cast(DType::F16)
+    };
+    // A decoder convolution at full resolution on one 256x256 tile of 17 frames.
+    {
+        let shape = [1, 128, 19, 258, 258];
+        let x = rand5(shape, 1.0);
+        let w = rand5([128, 128, 3, 3, 3], 0.03);
+        let flops =
+            2.0 * 27.0 * 128.0 * 128.0 * ((shape[2] - 2) * (shape[3] - 2) * (shape[4] - 2)) as f64;
+        let mut tuned = 0.0;
+        for _ in 0..3 {
+            tuned = seconds(&mut || drop(B::conv3d_valid(x.clone(), w.clone(), None, [1, 1, 1])));
+        }
+        let row = format!(
+            "cuBLASLt shifted GEMMs {:.2} ms ({:.0} TFLOP/s)",
+            tuned * 1e3,
+            flops / tuned / 1e12
+        );
+        report(rows, (format!("VAE conv3d fp16 {shape:?} -> 128, k3"), row));
+    }
+    let start = Instant::now();
+    let mut vae = HunyuanVideoVae::<B>::load(
+        &mut RandomSource::<B>::new(device, 1, 0.02),
+        VaeConfig::hunyuan_video(),
+        DType::F16,
+    )
+    .expect("random VAE");
+    vae.set_tiling(VaeTiling::low_vram()).expect("tiling");
+    B::sync(device).expect("sync");
+    report(
+        rows,
+        (
+            "VAE build (random fp16)".into(),
+            format!("{:.1} s", start.elapsed().as_secs_f64()),
+        ),
+    );
+    let image = rand5([1, 3, 1, 640, 608], 0.5);
+    let latents = rand5([1, 16, 9, 80, 76], 1.0);
+    for call in ["first", "second"] {
+        let mut z = None;
+        let t = seconds(&mut || z = Some(vae.encode(image.clone()).expect("encode")));
+        let z = z.expect("encoded");
+        let finite = z.clone().is_nan().int().sum().into_scalar() == 0;
+        let mut pixels = None;
+        let d = seconds(&mut || pixels = Some(vae.decode(latents.clone()).expect("decode")));
+        let pixels = pixels.expect("decoded");
+        let finite = finite && pixels.clone().is_nan().int().sum().into_scalar() == 0;
+        report(rows, (
+            format!("VAE, {call} call"),
+            format!(
+                "encode 1x640x608 {t:.2} s; decode 9 latents -> {:?} {d:.2} s; finite: {finite}; GPU {:.2} GiB",
+                pixels.dims(),
+                device_report(0).map_or(0.0, |(_, used, _)| used as f64 / (1u64 << 30) as f64)
+            ),
+        ));
+    }
 }
 
 fn main() {
@@ -294,8 +427,13 @@ fn main() {
         op_rates(&device, &mut rows);
     }
 
+    if args.flag("--vae") {
+        vae_bench(&device, &mut rows);
+        print_table(&rows);
+        return;
+    }
     if args.flag("--memory-modes") {
-        memory_modes(&device, iters, &mut rows);
+        memory_modes(&device, iters, reference.as_deref(), &mut rows);
         print_table(&rows);
         return;
     }

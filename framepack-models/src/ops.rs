@@ -181,6 +181,29 @@ pub trait FramePackBackend: Backend {
         portable::silu::<Self, D>(x)
     }
 
+    /// A 3D convolution without padding ("valid"; the VAE pads its inputs itself): `x`
+    /// `[batch, in, t, h, w]`, `weight` `[out, in, kt, kh, kw]`, `bias` `[out]`, one stride per
+    /// axis. Overrides should accumulate in fp32 and round once to `x`'s dtype, as cuDNN does
+    /// for the reference's fp16 VAE.
+    fn conv3d_valid(
+        x: Tensor<Self, 5>,
+        weight: Tensor<Self, 5>,
+        bias: Option<Tensor<Self, 1>>,
+        stride: [usize; 3],
+    ) -> Tensor<Self, 5> {
+        portable::conv3d_valid::<Self>(x, weight, bias, stride)
+    }
+
+    /// Runs `work` with the device's new buffers sized exactly, each freed buffer reused only
+    /// by a request of the same size, instead of carved from large pooled pages. In a loop of
+    /// fixed shapes (the low-VRAM mode's streamed blocks, step after step) the device then
+    /// holds little more than the live tensors; burn's default pools reserve pages of up to a
+    /// quarter of the device for large tensors. Freed buffers stay reserved until
+    /// [`Backend::memory_cleanup`]. By default `work` just runs.
+    fn with_exact_allocations<R>(_device: &Self::Device, work: impl FnOnce() -> R) -> R {
+        work()
+    }
+
     /// An FP8 weight expanded to `dtype`: `e4m3(codes[r, c]) · scales[r]` computed in fp32
     /// and rounded once (see [`crate::fp8`]). `codes` are `u8`, `scales` fp32.
     fn dequantize_fp8(
@@ -196,6 +219,21 @@ pub trait FramePackBackend: Backend {
 /// backend. Tuned backends call them for the cases their kernels do not cover.
 pub mod portable {
     use super::*;
+
+    /// [`FramePackBackend::conv3d_valid`] as burn's convolution.
+    pub fn conv3d_valid<B: Backend>(
+        x: Tensor<B, 5>,
+        weight: Tensor<B, 5>,
+        bias: Option<Tensor<B, 1>>,
+        stride: [usize; 3],
+    ) -> Tensor<B, 5> {
+        module::conv3d(
+            x,
+            weight,
+            bias,
+            burn::tensor::ops::ConvOptions::new(stride, [0, 0, 0], [1, 1, 1], 1),
+        )
+    }
 
     /// [`FramePackBackend::dequantize_fp8`] as a lookup in the table of the 256 code values.
     pub fn dequantize_fp8<B: Backend>(

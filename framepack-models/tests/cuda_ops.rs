@@ -49,17 +49,23 @@ fn attention_vs_fp32(
     (tuned, exact)
 }
 
-fn check<const D: usize>(name: &str, (tuned, portable): (Tensor<B, D>, Tensor<B, D>), bound: f64) {
-    assert_eq!(tuned.dims(), portable.dims(), "{name}: shape");
+/// Relative L2 error of `tuned` against `reference` (both fp32); panics on NaN.
+fn relative_l2<const D: usize>(name: &str, tuned: Tensor<B, D>, reference: Tensor<B, D>) -> f64 {
+    assert_eq!(tuned.dims(), reference.dims(), "{name}: shape");
     let nan = tuned.clone().is_nan().int().sum().into_scalar();
     assert!(nan == 0, "{name}: NaN in the tuned output");
-    let diff = (tuned - portable.clone())
+    let diff = (tuned - reference.clone())
         .powi_scalar(2)
         .sum()
         .into_scalar() as f64;
-    let norm = portable.powi_scalar(2).sum().into_scalar() as f64;
+    let norm = reference.powi_scalar(2).sum().into_scalar() as f64;
     let err = (diff / norm).sqrt();
     println!("{name}: relative L2 {err:.3e}");
+    err
+}
+
+fn check<const D: usize>(name: &str, (tuned, portable): (Tensor<B, D>, Tensor<B, D>), bound: f64) {
+    let err = relative_l2(name, tuned, portable);
     assert!(err <= bound, "{name}: relative L2 {err} > {bound}");
 }
 
@@ -95,6 +101,16 @@ fn dense_matches_portable() {
         both(|| B::dense_gelu(x16.clone(), w16.clone(), Some(b16.clone()))),
         1e-2,
     );
+    // Widths whose rows burn's allocator would pad (SigLIP's 4,304-wide MLP in fp16; 48 and
+    // 3 outputs): the outputs must be packed.
+    for n in [4304, 48, 3] {
+        let w = randn([n, 768], 0.03).cast(DType::F16);
+        check(
+            &format!("dense fp16 {n} wide"),
+            both(|| B::dense(x16.clone(), w.clone(), None)),
+            1e-2,
+        );
+    }
     // fp32 (the transformer's proj_out)
     let (x32, w32) = (x.clone().cast(DType::F32), w.clone().cast(DType::F32));
     check(
@@ -225,4 +241,187 @@ fn elementwise_matches_portable() {
     );
     check("gelu_tanh", both(|| B::gelu_tanh(x.clone())), 1e-2);
     check("silu", both(|| B::silu(x.clone())), 1e-2);
+}
+
+/// A plain 3D convolution on the host in f64 (no padding): the reference for both paths.
+fn conv3d_host(
+    x: &[f32],
+    [batch, cin, t, h, w]: [usize; 5],
+    weight: &[f32],
+    [cout, k]: [usize; 2],
+    bias: &[f32],
+    [st, sh, sw]: [usize; 3],
+) -> (Vec<f32>, [usize; 5]) {
+    let (to, ho, wo) = ((t - k) / st + 1, (h - k) / sh + 1, (w - k) / sw + 1);
+    let mut out = Vec::with_capacity(batch * cout * to * ho * wo);
+    for b in 0..batch {
+        for (o, &bias) in bias.iter().enumerate() {
+            for ot in 0..to {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut sum = f64::from(bias);
+                        for i in 0..cin {
+                            for dt in 0..k {
+                                for dy in 0..k {
+                                    let xrow =
+                                        (((b * cin + i) * t + ot * st + dt) * h + oy * sh + dy) * w
+                                            + ox * sw;
+                                    let wrow = (((o * cin + i) * k + dt) * k + dy) * k;
+                                    for dx in 0..k {
+                                        sum +=
+                                            f64::from(x[xrow + dx]) * f64::from(weight[wrow + dx]);
+                                    }
+                                }
+                            }
+                        }
+                        out.push(sum as f32);
+                    }
+                }
+            }
+        }
+    }
+    (out, [batch, cout, to, ho, wo])
+}
+
+/// The VAE's convolutions as shifted GEMMs (fp16, bf16, fp32) and burn's convolution (fp32)
+/// against the host: stride 1 and the encoder's strides, RGB in and out (channels padded to
+/// 8), 1×1×1, a batch of two, and a frame count that splits into two accumulator slices.
+#[test]
+fn conv3d_matches_host() {
+    /// Name, input shape, output channels, kernel size, strides.
+    type Case = (&'static str, [usize; 5], usize, usize, [usize; 3]);
+    let cases: [Case; 6] = [
+        ("3x3x3", [1, 32, 6, 17, 19], 48, 3, [1, 1, 1]),
+        ("RGB in, stride 1,2,2", [1, 3, 5, 20, 18], 32, 3, [1, 2, 2]),
+        ("stride 2,2,2", [1, 16, 7, 13, 12], 16, 3, [2, 2, 2]),
+        ("RGB out", [1, 24, 4, 10, 9], 3, 3, [1, 1, 1]),
+        ("1x1x1, batch 2", [2, 40, 3, 7, 5], 24, 1, [1, 1, 1]),
+        (
+            "two accumulator slices",
+            [1, 8, 7, 514, 514],
+            64,
+            3,
+            [1, 1, 1],
+        ),
+    ];
+    let mut failures = Vec::new();
+    let host = |t: &Tensor<B, 5>| -> Vec<f32> {
+        t.clone()
+            .cast(DType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    for (name, shape, out, k, stride) in cases {
+        let x = randn(shape, 1.0);
+        let w = randn([out, shape[1], k, k, k], 0.1);
+        let b = randn([out], 0.1);
+        let (expected, dims) = conv3d_host(
+            &host(&x),
+            shape,
+            &host(&w),
+            [out, k],
+            &b.clone()
+                .cast(DType::F32)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
+            stride,
+        );
+        let expected = Tensor::<B, 5>::from_data(
+            burn::tensor::TensorData::new(expected, dims),
+            (&device(), DType::F32),
+        );
+        let f32 = |t: &Tensor<B, 5>| t.clone().cast(DType::F32);
+        let portable = {
+            let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+            set_tuned_kernels(false);
+            let y = B::conv3d_valid(f32(&x), f32(&w), Some(b.clone().cast(DType::F32)), stride);
+            set_tuned_kernels(true);
+            y
+        };
+        let mut results = vec![(
+            format!("conv3d {name} burn F32"),
+            relative_l2(
+                &format!("conv3d {name} burn F32"),
+                portable,
+                expected.clone(),
+            ),
+            1e-5,
+        )];
+        for dtype in [DType::F16, DType::BF16, DType::F32] {
+            let tuned = B::conv3d_valid(
+                x.clone().cast(dtype),
+                w.clone().cast(dtype),
+                Some(b.clone().cast(dtype)),
+                stride,
+            );
+            assert_eq!(tuned.dtype(), dtype, "{name}: dtype");
+            // fp16/bf16: the output's one rounding; fp32: summation order only.
+            let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            let what = format!("conv3d {name} {dtype:?}");
+            let err = relative_l2(&what, tuned.cast(DType::F32), expected.clone());
+            results.push((what, err, bound));
+        }
+        // Every path is reported before any failure.
+        failures.extend(
+            results
+                .into_iter()
+                .filter(|(_, err, bound)| err.is_nan() || err > bound)
+                .map(|(what, err, bound)| format!("{what}: {err:.3e} > {bound}")),
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Attention the flash kernels do not take (the VAE's 512-wide head, SigLIP's 72, CLIP's and
+/// LLaMA's causal text attention with grouped heads; fp16 and bf16) on cuBLASLt with fp32
+/// scores, against burn's attention on the same values in fp32.
+#[test]
+fn gemm_attention_matches_fp32() {
+    let cases: [(&str, [usize; 4], usize, bool, DType); 5] = [
+        ("VAE head 512", [1, 700, 1, 512], 1, false, DType::F16),
+        ("SigLIP 16x72", [1, 729, 16, 72], 16, false, DType::F16),
+        (
+            "LLaMA causal GQA 32/8",
+            [1, 77, 32, 128],
+            8,
+            true,
+            DType::F16,
+        ),
+        ("CLIP causal 12x64", [2, 77, 12, 64], 12, true, DType::F16),
+        (
+            "bf16 head 64, batch 2",
+            [2, 300, 4, 64],
+            4,
+            false,
+            DType::BF16,
+        ),
+    ];
+    for (name, [batch, seq, heads, dim], k_heads, causal, dtype) in cases {
+        let q = randn([batch, seq, heads, dim], 1.0).cast(dtype);
+        let k = randn([batch, seq, k_heads, dim], 1.0).cast(dtype);
+        let v = randn([batch, seq, k_heads, dim], 1.0).cast(dtype);
+        let call = |q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>| {
+            if causal {
+                B::attend_causal(q, k, v)
+            } else {
+                B::attend(q, k, v, None)
+            }
+        };
+        let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        set_tuned_kernels(true);
+        let tuned = call(q.clone(), k.clone(), v.clone());
+        assert_eq!(tuned.dtype(), dtype, "{name}: dtype");
+        set_tuned_kernels(false);
+        let f32 = |t: &Tensor<B, 4>| t.clone().cast(DType::F32);
+        let exact = call(f32(&q), f32(&k), f32(&v));
+        set_tuned_kernels(true);
+        drop(_guard);
+        check(
+            &format!("attention {name}"),
+            (tuned.cast(DType::F32), exact),
+            1e-2,
+        );
+    }
 }

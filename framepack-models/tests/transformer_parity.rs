@@ -197,6 +197,33 @@ fn streamed_blocks_give_the_resident_output() {
     }
 }
 
+/// The feed-forward networks run over slices of tokens (7 here, the low-VRAM mode's default
+/// is 4,096) give the reference output: they work token by token.
+#[test]
+fn token_chunked_feed_forward_matches_reference() {
+    let io = io();
+    let mut model = load(DType::F32);
+    assert_eq!(
+        model.token_chunk(),
+        None,
+        "resident models run all tokens at once"
+    );
+    assert_eq!(
+        load_streamed_f32().token_chunk(),
+        Some(framepack_models::transformer::STREAMED_TOKEN_CHUNK)
+    );
+    model.set_token_chunk(Some(7));
+    for (batch, key) in [(1, "output_b1"), (2, "output_b2")] {
+        let out = model.forward(&inputs(&io, batch)).unwrap();
+        let expected: Tensor<B, 5> = io
+            .read_stored(key, DType::F32, &Default::default())
+            .unwrap();
+        let err = relative_l2(out, expected);
+        println!("7-token feed-forward slices, batch {batch}: relative L2 {err:.3e}");
+        assert!(err <= 1e-5, "batch {batch}: relative L2 {err}");
+    }
+}
+
 /// FP8 block weights (e4m3, per-row scales): the blocks' linear weights take one byte each,
 /// and the forward stays close to the reference.
 #[test]

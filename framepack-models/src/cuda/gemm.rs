@@ -43,6 +43,8 @@ struct PlanKey {
     k: u64,
     epilogue: Epilogue,
     ty: GemmType,
+    /// Output (and accumulator) in fp32 whatever the operands' type.
+    f32_out: bool,
     /// Smallest alignment (bytes, power of two up to 256) of the operand pointers.
     align: u32,
 }
@@ -115,6 +117,11 @@ pub(crate) struct GemmCall {
     pub k: u64,
     pub epilogue: Epilogue,
     pub ty: GemmType,
+    /// `out` is fp32 (for bf16 or fp16 operands too).
+    pub f32_out: bool,
+    /// `out += x · Wᵀ` instead of `out = x · Wᵀ` (with `f32_out`: a sum of products rounded
+    /// once, the convolution's taps).
+    pub accumulate: bool,
 }
 
 fn alignment(ptrs: &[u64]) -> u32 {
@@ -166,7 +173,12 @@ impl Gemm {
             .map_err(|e| err("layout A", e))?;
         let b = lt::create_matrix_layout(data, key.k, key.m, key.k as i64)
             .map_err(|e| err("layout B", e))?;
-        let c = lt::create_matrix_layout(data, key.n, key.m, key.n as i64)
+        let out_type = if key.f32_out {
+            sys::cudaDataType_t::CUDA_R_32F
+        } else {
+            data
+        };
+        let c = lt::create_matrix_layout(out_type, key.n, key.m, key.n as i64)
             .map_err(|e| err("layout C", e))?;
         let mut plan = Plan {
             desc,
@@ -277,6 +289,7 @@ impl Gemm {
             k: call.k,
             epilogue: call.epilogue,
             ty: call.ty,
+            f32_out: call.f32_out,
             align: alignment(&ptrs),
         };
         let mut plans = self
@@ -298,7 +311,12 @@ impl Gemm {
     /// three rounds taken in turn over all candidates, so a change of clock speed during the
     /// search does not favour whichever candidate ran in the fast moment.
     fn autotune(&self, plan: &mut Plan, call: &GemmCall) -> Result<(), String> {
-        if plan.candidates.len() < 2 || std::env::var_os("FRAMEPACK_GEMM_NO_AUTOTUNE").is_some() {
+        // Timing runs write the output: an accumulating call would add them up. Its plan keeps
+        // the heuristic's first choice.
+        if plan.candidates.len() < 2
+            || call.accumulate
+            || std::env::var_os("FRAMEPACK_GEMM_NO_AUTOTUNE").is_some()
+        {
             return Ok(());
         }
         let sync = || {
@@ -342,7 +360,7 @@ impl Gemm {
         algo: &sys::cublasLtMatmulAlgo_t,
         call: &GemmCall,
     ) -> Result<(), String> {
-        let (alpha, beta) = (1f32, 0f32);
+        let (alpha, beta) = (1f32, if call.accumulate { 1f32 } else { 0f32 });
         let (workspace, _record) = self.workspace.device_ptr(&self.stream);
         // SAFETY: pointers come from live allocations of the right sizes (checked by the
         // caller from the tensors' shapes); the stream outlives the call.

@@ -8,6 +8,8 @@
 //! dtypes, masks, head sizes) takes the portable burn path, as does everything when the
 //! engine cannot be created or [`set_tuned_kernels`] turned it off.
 
+mod attention_gemm;
+mod conv;
 mod engine;
 mod gemm;
 mod stream;
@@ -79,10 +81,32 @@ fn wrap<const D: usize>(t: Prim) -> Tensor<CudaBackend, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
+/// An uninitialised, densely packed tensor. Not `Tensor::empty`: burn's CUDA allocator pads
+/// rows whose byte width is not a multiple of its power-of-two alignment (a 48-wide fp32 row
+/// takes 256 bytes), and our kernels and GEMMs write rows back to back.
 fn empty<const D: usize>(shape: [usize; D], dtype: DType, device: &CudaDevice) -> Prim {
-    Tensor::<CudaBackend, D>::empty(shape, (device, dtype))
-        .into_primitive()
-        .tensor()
+    use cubecl::Runtime;
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        CudaRuntime::client(device),
+        device.clone(),
+        shape.into(),
+        dtype,
+    )
+}
+
+/// `x` with zeros appended along `dim` up to `size`.
+fn pad_to<const D: usize>(
+    x: Tensor<CudaBackend, D>,
+    dim: usize,
+    size: usize,
+) -> Tensor<CudaBackend, D> {
+    let mut shape = x.dims();
+    if shape[dim] >= size {
+        return x;
+    }
+    shape[dim] = size - shape[dim];
+    let zeros = Tensor::zeros(shape, (&x.device(), x.dtype()));
+    Tensor::cat(vec![x, zeros], dim)
 }
 
 /// Runs `work` with the device pointers of `tensors`, ordered after burn's queued work and
@@ -181,6 +205,8 @@ fn dense_tuned<const D: usize>(
             k: k as u64,
             epilogue,
             ty,
+            f32_out: false,
+            accumulate: false,
         })
     });
     let mut out_dims = dims;
@@ -532,6 +558,35 @@ fn dequantize_fp8_tuned(
 }
 
 impl FramePackBackend for CudaBackend {
+    fn conv3d_valid(
+        x: Tensor<Self, 5>,
+        weight: Tensor<Self, 5>,
+        bias: Option<Tensor<Self, 1>>,
+        stride: [usize; 3],
+    ) -> Tensor<Self, 5> {
+        conv::conv3d_tuned(&x, &weight, &bias, stride)
+            .unwrap_or_else(|| portable::conv3d_valid::<Self>(x, weight, bias, stride))
+    }
+
+    fn with_exact_allocations<R>(device: &CudaDevice, work: impl FnOnce() -> R) -> R {
+        use cubecl::Runtime;
+        /// cubecl asks for `Send` because the work could run elsewhere; it runs right here,
+        /// on the calling thread, before `memory_persistent_allocation` returns.
+        struct OnThisThread<T>(T);
+        // SAFETY: see above: the value never leaves the calling thread.
+        unsafe impl<T> Send for OnThisThread<T> {}
+        let work = OnThisThread(work);
+        let client = CudaRuntime::client(device);
+        let result = client.memory_persistent_allocation((), move |()| {
+            let work = work;
+            OnThisThread((work.0)())
+        });
+        match result {
+            Ok(out) => out.0,
+            Err(e) => panic!("framepack CUDA: exact-size allocation mode failed: {e:?}"),
+        }
+    }
+
     fn dequantize_fp8(
         codes: Tensor<Self, 2, Int>,
         scales: Tensor<Self, 1>,
@@ -580,11 +635,20 @@ impl FramePackBackend for CudaBackend {
         masked_keys: Option<Tensor<Self, 2, Bool>>,
     ) -> Tensor<Self, 4> {
         match masked_keys {
-            None => {
-                attend_tuned(&q, &k, &v).unwrap_or_else(|| portable::attend::<Self>(q, k, v, None))
-            }
+            None => attend_tuned(&q, &k, &v)
+                .or_else(|| attention_gemm::attend_gemm(&q, &k, &v, false))
+                .unwrap_or_else(|| portable::attend::<Self>(q, k, v, None)),
             mask => portable::attend::<Self>(q, k, v, mask),
         }
+    }
+
+    fn attend_causal(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+    ) -> Tensor<Self, 4> {
+        attention_gemm::attend_gemm(&q, &k, &v, true)
+            .unwrap_or_else(|| portable::attend_causal::<Self>(q, k, v))
     }
 
     fn layer_norm_fp32<const D: usize>(

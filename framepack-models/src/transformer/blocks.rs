@@ -60,6 +60,25 @@ fn chunk<B: FramePackBackend>(m: &Tensor<B, 2>, i: usize, n: usize) -> Tensor<B,
     m.clone().narrow(1, i * d, d).unsqueeze_dim(1)
 }
 
+/// `f(start, len)` over slices of at most `chunk` of `tokens` tokens, concatenated along the
+/// sequence (one call for `None`): for per-token work whose intermediates are wide.
+fn by_tokens<B: FramePackBackend>(
+    tokens: usize,
+    chunk: Option<usize>,
+    f: impl Fn(usize, usize) -> Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match chunk {
+        Some(chunk) if chunk < tokens => Tensor::cat(
+            (0..tokens)
+                .step_by(chunk)
+                .map(|start| f(start, chunk.min(tokens - start)))
+                .collect(),
+            1,
+        ),
+        _ => f(0, tokens),
+    }
+}
+
 /// A feed-forward network `Linear → GELU(tanh) → Linear` (`ff.net.0.proj`, `ff.net.2`).
 #[derive(Debug, Clone)]
 struct GeluFeedForward<B: FramePackBackend> {
@@ -85,8 +104,12 @@ impl<B: FramePackBackend> GeluFeedForward<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj_out.forward(self.proj_in.forward_gelu(x))
+    /// The network over `x`, `chunk` tokens at a time ([`by_tokens`]).
+    fn forward(&self, x: Tensor<B, 3>, chunk: Option<usize>) -> Tensor<B, 3> {
+        by_tokens(x.dims()[1], chunk, |start, len| {
+            let x = x.clone().narrow(1, start, len);
+            self.proj_out.forward(self.proj_in.forward_gelu(x))
+        })
     }
 
     fn lora_linears<'a>(&'a mut self, out: &mut Vec<LoraSlot<'a, B>>) {
@@ -171,6 +194,7 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         temb_silu: Tensor<B, 2>,
         rotary: &Rotary<B>,
         masked_keys: Option<Tensor<B, 2, Bool>>,
+        ff_chunk: Option<usize>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let n_img = x.dims()[1];
         let heads = self.heads;
@@ -205,8 +229,8 @@ impl<B: FramePackBackend> DoubleStreamBlock<B> {
         // Feed-forward.
         let xh = B::layer_norm_modulate(x.clone(), chunk(&m, 3, 6), chunk(&m, 4, 6), EPS);
         let ch = B::layer_norm_modulate(c.clone(), chunk(&mc, 3, 6), chunk(&mc, 4, 6), EPS);
-        let x = B::gated_residual(x, chunk(&m, 5, 6), self.ff.forward(xh));
-        let c = B::gated_residual(c, chunk(&mc, 5, 6), self.ff_context.forward(ch));
+        let x = B::gated_residual(x, chunk(&m, 5, 6), self.ff.forward(xh, ff_chunk));
+        let c = B::gated_residual(c, chunk(&mc, 5, 6), self.ff_context.forward(ch, ff_chunk));
         (x, c)
     }
 }
@@ -266,22 +290,28 @@ impl<B: FramePackBackend> SingleStreamBlock<B> {
         temb_silu: Tensor<B, 2>,
         rotary: &Rotary<B>,
         masked_keys: Option<Tensor<B, 2, Bool>>,
+        mlp_chunk: Option<usize>,
     ) -> Tensor<B, 3> {
         let heads = self.heads;
         // shift, scale, gate
         let m = self.norm.forward(temb_silu);
         let zh = B::layer_norm_modulate(z.clone(), chunk(&m, 0, 3), chunk(&m, 1, 3), EPS);
-        let mlp = self.proj_mlp.forward_gelu(zh.clone());
 
         // The rotary tables cover the image tokens, which come first.
         debug_assert_eq!(rotary.cos.dims()[0], n_img);
         let (cos, sin) = (rotary.cos.clone(), rotary.sin.clone());
-        let [q, k, v] = split_qkv(self.to_qkv.forward(zh), heads);
+        let [q, k, v] = split_qkv(self.to_qkv.forward(zh.clone()), heads);
         let q = self.norm_q.forward_rope(q, cos.clone(), sin.clone());
         let k = self.norm_k.forward_rope(k, cos, sin);
         let attn = merge_heads(B::attend(q, k, v, masked_keys));
 
-        let out = self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2));
+        // The MLP and the output projection work token by token (after the attention, so
+        // that the MLP's wide activation is not held across it).
+        let out = by_tokens(z.dims()[1], mlp_chunk, |start, len| {
+            let mlp = self.proj_mlp.forward_gelu(zh.clone().narrow(1, start, len));
+            let attn = attn.clone().narrow(1, start, len);
+            self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2))
+        });
         B::gated_residual(z, chunk(&m, 2, 3), out)
     }
 }

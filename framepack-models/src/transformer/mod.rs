@@ -19,5 +19,5 @@ pub mod rope;
 pub use blocks::{DoubleStreamBlock, Rotary, SingleStreamBlock};
 pub use config::TransformerConfig;
 pub use inputs::{ContextGroup, TransformerInputs};
-pub use model::{BlockResidency, FramePackTransformer, PreparedInputs};
+pub use model::{BlockResidency, FramePackTransformer, PreparedInputs, STREAMED_TOKEN_CHUNK};
 pub use refiner::TokenRefiner;

@@ -36,7 +36,18 @@ pub struct FramePackTransformer<B: FramePackBackend> {
     proj_out: LoraLinear<B>,
     rope: Rope3d,
     rope_cache: Mutex<Option<(RopeKey, Rotary<B>)>>,
+    /// Feed-forward networks run over slices of at most this many tokens (`None`: all at
+    /// once); see [`FramePackTransformer::set_token_chunk`].
+    token_chunk: Option<usize>,
+    /// Streamed models: clean the backend's pool after the double blocks and after the
+    /// single blocks; see [`FramePackTransformer::set_pool_cleanup`].
+    pool_cleanup: bool,
 }
+
+/// The feed-forward slice of streamed (low-VRAM) models: the widest activations of a
+/// 17.5k-token block (the 12,288-wide MLP and the single blocks' 15,360-wide concatenation,
+/// about 1 GB in bf16) shrink to a quarter, at GEMMs still 4,096 rows tall.
+pub const STREAMED_TOKEN_CHUNK: usize = 4096;
 
 /// Where the weights of the 60 transformer blocks live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,6 +208,9 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                     theta: c.rope_theta as f32,
                 },
                 rope_cache: Mutex::new(None),
+                token_chunk: (residency == BlockResidency::Streamed)
+                    .then_some(STREAMED_TOKEN_CHUNK),
+                pool_cleanup: residency == BlockResidency::Streamed,
                 config: c.clone(),
                 dtype,
             })
@@ -508,6 +522,30 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         rotary
     }
 
+    /// Runs the blocks' feed-forward networks (and the single blocks' output projection) over
+    /// slices of at most `tokens` tokens, or over all tokens at once (`None`). They work token
+    /// by token, so the result is the same (up to the GEMM's choice of algorithm for the
+    /// shorter shape) and their widest activations shrink. Streamed models default to
+    /// [`STREAMED_TOKEN_CHUNK`], resident ones to `None`.
+    pub fn set_token_chunk(&mut self, tokens: Option<usize>) {
+        self.token_chunk = tokens.filter(|&t| t > 0);
+    }
+
+    /// See [`FramePackTransformer::set_token_chunk`].
+    pub fn token_chunk(&self) -> Option<usize> {
+        self.token_chunk
+    }
+
+    /// Streamed models only (on by default there): hand the pool's free buffers back to the
+    /// device after the double blocks and again after the single blocks. The two kinds of
+    /// block have activations and weights of different sizes; with exact-size allocations
+    /// ([`FramePackBackend::with_exact_allocations`], the low-VRAM mode) the buffers of one
+    /// kind would otherwise stay reserved while the other runs. Costs a re-allocation of
+    /// each kind's buffers per forward.
+    pub fn set_pool_cleanup(&mut self, on: bool) {
+        self.pool_cleanup = on;
+    }
+
     /// The first double block's modulated image input, the signal TeaCache measures.
     pub fn teacache_signal(&self, prepared: &PreparedInputs<B>) -> Tensor<B, 3> {
         let (x, temb) = (prepared.image.clone(), prepared.temb_silu.clone());
@@ -530,11 +568,12 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
     pub fn run_blocks(&self, prepared: &PreparedInputs<B>) -> Tensor<B, 3> {
         let (rotary, masked) = (&prepared.rotary, &prepared.masked_keys);
         let temb = &prepared.temb_silu;
+        let chunk = self.token_chunk;
         let double = |block: &DoubleStreamBlock<B>, (x, c): (Tensor<B, 3>, Tensor<B, 3>)| {
-            block.forward(x, c, temb.clone(), rotary, masked.clone())
+            block.forward(x, c, temb.clone(), rotary, masked.clone(), chunk)
         };
         let single = |block: &SingleStreamBlock<B>, z: Tensor<B, 3>, n_img: usize| {
-            block.forward(z, n_img, temb.clone(), rotary, masked.clone())
+            block.forward(z, n_img, temb.clone(), rotary, masked.clone(), chunk)
         };
         let mut xc = (prepared.image.clone(), prepared.context.clone());
         let n_img = xc.0.dims()[1];
@@ -554,6 +593,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
             }
             Blocks::Streamed {
                 streamer,
+                device,
                 double: d,
                 single: s,
                 ..
@@ -565,18 +605,26 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                         streamer.prefetch(next);
                     }
                 };
+                let cleanup = || {
+                    if self.pool_cleanup {
+                        B::memory_cleanup(device);
+                    }
+                };
                 for (i, &id) in d.iter().enumerate() {
                     let block = self.blocks.fetch_double(&self.config, self.dtype, i, id);
                     prefetch_after(i);
                     xc = double(&block, xc);
                 }
                 let mut z = Tensor::cat(vec![xc.0, xc.1], 1);
+                cleanup();
                 for (j, &id) in s.iter().enumerate() {
                     let block = self.blocks.fetch_single(&self.config, self.dtype, j, id);
                     prefetch_after(d.len() + j);
                     z = single(&block, z, n_img);
                 }
-                z.narrow(1, 0, n_img)
+                let image = z.narrow(1, 0, n_img);
+                cleanup();
+                image
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Convolutions of the VAE: the plain 1×1×1 `quant_conv`s and the causal 3D convolution.
 
-use burn::tensor::{module, ops::ConvOptions, DType, Tensor};
+use burn::tensor::{DType, Tensor};
 
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
@@ -42,12 +42,7 @@ impl<B: FramePackBackend> Conv3d<B> {
 
     /// The convolution, no padding, `[batch, in, t, h, w]` → `[batch, out, t', h', w']`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        module::conv3d(
-            x,
-            self.weight.clone(),
-            self.bias.clone(),
-            ConvOptions::new(self.stride, [0, 0, 0], [1, 1, 1], 1),
-        )
+        B::conv3d_valid(x, self.weight.clone(), self.bias.clone(), self.stride)
     }
 
     /// The (cubic) kernel size.

@@ -1,6 +1,6 @@
 //! Random-weight models: demos that run anywhere, and full-size benchmarks without downloads.
 
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Distribution, Slice, Tensor, TensorData};
 
 use super::{TensorSource, WeightError};
 
@@ -74,6 +74,40 @@ impl HostNormals {
     }
 }
 
+/// Device draws above this many values are made in slices of rows, each drawn in fp32 and
+/// written into the `dtype` tensor: a large tensor (LLaMA's 525M-value embedding) then never
+/// has a transient fp32 copy, and the device holds what a checkpoint's load would.
+const DEVICE_SLICE: usize = 1 << 24;
+
+impl<B: Backend> RandomSource<B> {
+    fn sliced_draw<const D: usize>(
+        &self,
+        shape: [usize; D],
+        distribution: Distribution,
+        dtype: DType,
+    ) -> Tensor<B, D> {
+        let row: usize = shape[1..].iter().product();
+        let rows_per_slice = (DEVICE_SLICE / row.max(1)).max(1);
+        let mut out = Tensor::<B, D>::zeros(shape, (&self.device, dtype));
+        for start in (0..shape[0]).step_by(rows_per_slice) {
+            let end = (start + rows_per_slice).min(shape[0]);
+            let mut slice_shape = shape;
+            slice_shape[0] = end - start;
+            let values =
+                Tensor::<B, D>::random(slice_shape, distribution, &self.device).cast(dtype);
+            let ranges: [Slice; D] = std::array::from_fn(|i| {
+                if i == 0 {
+                    Slice::new(start as isize, Some(end as isize), 1)
+                } else {
+                    Slice::full()
+                }
+            });
+            out = out.slice_assign(ranges, values);
+        }
+        out
+    }
+}
+
 impl<B: Backend> TensorSource<B> for RandomSource<B> {
     fn tensor<const D: usize>(
         &mut self,
@@ -88,6 +122,9 @@ impl<B: Backend> TensorSource<B> for RandomSource<B> {
             (0.0, self.std)
         };
         let t = match self.host_seed {
+            None if D > 1 && shape.iter().product::<usize>() > DEVICE_SLICE => {
+                return Ok(self.sliced_draw(shape, Distribution::Normal(mean, std), dtype));
+            }
             None => Tensor::<B, D>::random(shape, Distribution::Normal(mean, std), &self.device),
             Some(seed) => {
                 let mut normals = HostNormals::new(seed, key);
@@ -118,6 +155,31 @@ mod tests {
             .into_data()
             .to_vec::<f32>()
             .unwrap()
+    }
+
+    /// A draw above the slice size is made slice by slice: every row is drawn (none left at
+    /// the zeros the slices are written into) and the values are N(0, std).
+    #[test]
+    fn large_device_draws_fill_every_row() {
+        let device = Default::default();
+        let mut src = RandomSource::<B>::new(&device, 3, 0.5);
+        let shape = [4099, 4097]; // 16.8M values: two slices, the second one short.
+        assert!(shape[0] * shape[1] > DEVICE_SLICE);
+        let t = src.tensor::<2>("big.weight", shape, DType::F32).unwrap();
+        assert_eq!(t.dims(), shape);
+        let row_std = t.clone().var(1).sqrt().into_data().to_vec::<f32>().unwrap();
+        let thinnest = row_std.iter().copied().fold(f32::INFINITY, f32::min);
+        assert!(thinnest > 0.4, "a row with std {thinnest} was not drawn");
+        let values = t.into_data().to_vec::<f32>().unwrap();
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(mean.abs() < 1e-3, "mean {mean}");
+        assert!((var.sqrt() - 0.5).abs() < 2e-3, "std {}", var.sqrt());
     }
 
     #[test]
