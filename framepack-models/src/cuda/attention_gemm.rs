@@ -26,12 +26,7 @@ pub(super) fn attend_gemm(
     let device = q.device();
     let engine = engine_for(&device)?;
     let dtype = q.dtype();
-    let ty = match dtype {
-        DType::BF16 => GemmType::Bf16,
-        DType::F16 => GemmType::F16,
-        DType::F32 => GemmType::F32,
-        _ => return None,
-    };
+    let ty = GemmType::of(dtype)?;
     if k.dtype() != dtype || v.dtype() != dtype {
         return None;
     }

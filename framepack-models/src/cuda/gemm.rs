@@ -36,6 +36,19 @@ pub(crate) enum GemmType {
     F32,
 }
 
+impl GemmType {
+    /// The operand type for tensors of `dtype`, if cuBLASLt is wired for it.
+    pub(crate) fn of(dtype: burn::tensor::DType) -> Option<Self> {
+        use burn::tensor::DType;
+        match dtype {
+            DType::BF16 => Some(Self::Bf16),
+            DType::F16 => Some(Self::F16),
+            DType::F32 => Some(Self::F32),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PlanKey {
     m: u64,

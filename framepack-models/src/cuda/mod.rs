@@ -165,12 +165,7 @@ fn dense_tuned<const D: usize>(
     let device = x.device();
     let engine = engine_for(&device)?;
     let dtype = x.dtype();
-    let ty = match dtype {
-        DType::BF16 => GemmType::Bf16,
-        DType::F16 => GemmType::F16,
-        DType::F32 => GemmType::F32,
-        _ => return None,
-    };
+    let ty = GemmType::of(dtype)?;
     if weight.dtype() != dtype || bias.as_ref().is_some_and(|b| b.dtype() != dtype) {
         return None;
     }
