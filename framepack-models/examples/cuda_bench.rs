@@ -201,6 +201,33 @@ fn reference_inputs(io: &CheckpointFiles, device: &CudaDevice) -> TransformerInp
     }
 }
 
+/// The full-size transformer in bf16 with the reference's weights (`SAVE=` of
+/// ref_transformer.py, every tensor used) or random ones (seed 0: the same draws for every
+/// format and residency).
+fn load_model(
+    device: &CudaDevice,
+    reference: Option<&str>,
+    residency: BlockResidency,
+    format: WeightFormat,
+) -> FramePackTransformer<B> {
+    let config = TransformerConfig::framepack();
+    match reference {
+        Some(path) => {
+            let mut src = SafetensorsSource::<B>::open(path, device).expect("reference weights");
+            let model =
+                FramePackTransformer::load_with(&mut src, config, DType::BF16, residency, format)
+                    .expect("load");
+            src.finish(|_| false).expect("every reference tensor used");
+            model
+        }
+        None => {
+            let mut src = RandomSource::<B>::new(device, 0, 0.02);
+            FramePackTransformer::load_with(&mut src, config, DType::BF16, residency, format)
+                .expect("random model")
+        }
+    }
+}
+
 /// Prints a result row at once (a long call may be cut short) and keeps it for the table.
 fn report(rows: &mut Vec<(String, String)>, row: (String, String)) {
     eprintln!("| {} | {} |", row.0, row.1);
@@ -241,35 +268,7 @@ fn memory_modes(
         let (_, before, _) = device_report(0).unwrap_or_default();
         let start = Instant::now();
         let mut model = None;
-        exact(&mut || {
-            model = Some(match reference {
-                Some(path) => {
-                    let mut src =
-                        SafetensorsSource::<B>::open(path, device).expect("reference weights");
-                    let model = FramePackTransformer::load_with(
-                        &mut src,
-                        config.clone(),
-                        DType::BF16,
-                        residency,
-                        format,
-                    )
-                    .expect("load");
-                    src.finish(|_| false).expect("every reference tensor used");
-                    model
-                }
-                None => {
-                    let mut src = RandomSource::<B>::new(device, 0, 0.02);
-                    FramePackTransformer::load_with(
-                        &mut src,
-                        config.clone(),
-                        DType::BF16,
-                        residency,
-                        format,
-                    )
-                    .expect("random model")
-                }
-            })
-        });
+        exact(&mut || model = Some(load_model(device, reference, residency, format)));
         let mut model = model.expect("model loaded");
         model.set_token_chunk(chunk);
         model.set_pool_cleanup(streamed && chunk.is_some());
@@ -440,31 +439,13 @@ fn main() {
 
     let config = TransformerConfig::framepack();
     // The reference's weights, or random ones (the same draws for both formats: one seed).
-    let load = |format: WeightFormat| match &reference {
-        Some(path) => {
-            let mut src = SafetensorsSource::<B>::open(path, &device).expect("reference weights");
-            let model = FramePackTransformer::load_with(
-                &mut src,
-                config.clone(),
-                DType::BF16,
-                BlockResidency::Resident,
-                format,
-            )
-            .expect("load");
-            src.finish(|_| false).expect("every reference tensor used");
-            model
-        }
-        None => {
-            let mut src = RandomSource::<B>::new(&device, 0, 0.02);
-            FramePackTransformer::load_with(
-                &mut src,
-                config.clone(),
-                DType::BF16,
-                BlockResidency::Resident,
-                format,
-            )
-            .expect("random model")
-        }
+    let load = |format: WeightFormat| {
+        load_model(
+            &device,
+            reference.as_deref(),
+            BlockResidency::Resident,
+            format,
+        )
     };
     let start = Instant::now();
     let model = load(WeightFormat::Dense);

@@ -19,6 +19,17 @@ fn relative_l2(a: Tensor<B, 5>, b: Tensor<B, 5>) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// Relative L2 error of `out` against the reference output `key` of the io fixture, printed
+/// under `what`.
+fn error_vs_reference(io: &CheckpointFiles, out: Tensor<B, 5>, key: &str, what: &str) -> f64 {
+    let expected: Tensor<B, 5> = io
+        .read_stored(key, DType::F32, &Default::default())
+        .unwrap();
+    let err = relative_l2(out, expected);
+    println!("{what}: relative L2 {err:.3e}");
+    err
+}
+
 fn vec1(io: &CheckpointFiles, key: &str) -> Vec<f32> {
     let t: Tensor<B, 1> = io
         .read_stored(key, DType::F32, &Default::default())
@@ -92,11 +103,7 @@ fn fp32_batch_one_matches_reference() {
     let model = load(DType::F32);
     let out = model.forward(&inputs(&io, 1)).unwrap();
     assert_eq!(out.dims(), [1, 16, 3, 12, 10]);
-    let expected: Tensor<B, 5> = io
-        .read_stored("output_b1", DType::F32, &Default::default())
-        .unwrap();
-    let err = relative_l2(out, expected);
-    println!("fp32 batch 1 relative L2 error: {err:.3e}");
+    let err = error_vs_reference(&io, out, "output_b1", "fp32 batch 1");
     assert!(err <= 1e-5, "relative L2 {err}");
 }
 
@@ -105,11 +112,7 @@ fn fp32_batch_two_with_unequal_prompts_matches_reference() {
     let io = io();
     let model = load(DType::F32);
     let out = model.forward(&inputs(&io, 2)).unwrap();
-    let expected: Tensor<B, 5> = io
-        .read_stored("output_b2", DType::F32, &Default::default())
-        .unwrap();
-    let err = relative_l2(out, expected);
-    println!("fp32 batch 2 relative L2 error: {err:.3e}");
+    let err = error_vs_reference(&io, out, "output_b2", "fp32 batch 2");
     assert!(err <= 1e-5, "relative L2 {err}");
 }
 
@@ -123,11 +126,7 @@ fn bf16_matches_fp32_reference() {
         DType::F32,
         "the velocity comes out of the fp32 proj_out"
     );
-    let expected: Tensor<B, 5> = io
-        .read_stored("output_b1", DType::F32, &Default::default())
-        .unwrap();
-    let err = relative_l2(out, expected);
-    println!("bf16 relative L2 error vs fp32 reference: {err:.3e}");
+    let err = error_vs_reference(&io, out, "output_b1", "bf16");
     assert!(err <= 2e-2, "relative L2 {err}");
 }
 
@@ -215,11 +214,8 @@ fn token_chunked_feed_forward_matches_reference() {
     model.set_token_chunk(Some(7));
     for (batch, key) in [(1, "output_b1"), (2, "output_b2")] {
         let out = model.forward(&inputs(&io, batch)).unwrap();
-        let expected: Tensor<B, 5> = io
-            .read_stored(key, DType::F32, &Default::default())
-            .unwrap();
-        let err = relative_l2(out, expected);
-        println!("7-token feed-forward slices, batch {batch}: relative L2 {err:.3e}");
+        let what = format!("7-token feed-forward slices, batch {batch}");
+        let err = error_vs_reference(&io, out, key, &what);
         assert!(err <= 1e-5, "batch {batch}: relative L2 {err}");
     }
 }
@@ -246,11 +242,7 @@ fn fp8_block_weights_stay_close_to_the_reference() {
     };
     let model = load_fp8(BlockResidency::Resident).unwrap();
     let out = model.forward(&inputs(&io, 1)).unwrap();
-    let expected: Tensor<B, 5> = io
-        .read_stored("output_b1", DType::F32, &Default::default())
-        .unwrap();
-    let err = relative_l2(out, expected);
-    println!("fp8 relative L2 error vs fp32 reference: {err:.3e}");
+    let err = error_vs_reference(&io, out, "output_b1", "fp8");
     // e4m3 keeps 3 mantissa bits: each weight is off by up to 2^-4 relative.
     assert!(err > 1e-4, "FP8 weights were not used (error {err})");
     assert!(err <= 5e-2, "relative L2 {err}");
