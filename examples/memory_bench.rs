@@ -132,29 +132,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut first_steps = Vec::new();
     let mut stage_peaks: Vec<(String, u64)> = Vec::new();
     let mut stage = String::from("start");
-    let mut job_peak = 0;
+    // Device-use peaks: of the stage under way, of the whole job, of the intervals ending at a
+    // sampler step (its forward) and of those ending at a section (its decode, which runs
+    // after the section's last step).
+    let (mut stage_peak, mut job_peak, mut steps_peak, mut decode_peak) = (0, 0, 0, 0);
     let t = Instant::now();
     let video = pipeline.generate(&request, |p| {
         let now = used(&device);
         let pool = pool_usage(&device);
         peak_pool = (peak_pool.0.max(pool.0), peak_pool.1.max(pool.1));
+        let since = peak.swap(now, Ordering::Relaxed).max(now);
+        stage_peak = stage_peak.max(since);
+        job_peak = job_peak.max(since);
         match p {
             Progress::Stage(s) => {
-                let stage_peak = peak.swap(now, Ordering::Relaxed).max(now);
                 eprintln!(
                     "{:7.1} s  {s:?} begins; GPU {} (peak of the previous stage {})",
                     t.elapsed().as_secs_f64(),
                     gib(now),
                     gib(stage_peak)
                 );
-                job_peak = job_peak.max(stage_peak);
                 stage_peaks.push((std::mem::take(&mut stage), stage_peak));
+                stage_peak = now;
                 stage = match s {
                     framepack::Stage::Sampling { .. } => "Sampling".into(),
                     other => format!("{other:?}"),
                 };
             }
             Progress::Step(s) => {
+                steps_peak = steps_peak.max(since);
                 eprintln!(
                     "{:7.1} s  section {} step {}: {:.3} s, GPU {}",
                     t.elapsed().as_secs_f64(),
@@ -169,13 +175,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     step_times.push(s.step_time)
                 }
             }
-            Progress::Section(s) => eprintln!(
-                "section {}/{}: {:.1} s, GPU {}",
-                s.section + 1,
-                s.sections,
-                s.section_time.as_secs_f64(),
-                gib(now)
-            ),
+            Progress::Section(s) => {
+                decode_peak = decode_peak.max(since);
+                eprintln!(
+                    "section {}/{}: {:.1} s, GPU {} (peak of its decode {})",
+                    s.section + 1,
+                    s.sections,
+                    s.section_time.as_secs_f64(),
+                    gib(now),
+                    gib(since)
+                )
+            }
             _ => {}
         }
     })?;
@@ -185,7 +195,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     watcher.join().ok();
     let last = peak.load(Ordering::Relaxed);
     job_peak = job_peak.max(last);
-    stage_peaks.push((stage, last));
+    stage_peaks.push((stage, stage_peak.max(last)));
 
     rows.push((
         "job".into(),
@@ -217,6 +227,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, bytes) in stage_peaks {
         rows.push((format!("GPU peak during {name}"), gib(bytes)));
     }
+    rows.push((
+        "GPU peak during the sampler's steps".into(),
+        gib(steps_peak),
+    ));
+    rows.push((
+        "GPU peak during the section decodes".into(),
+        gib(decode_peak),
+    ));
     rows.push((
         "GPU peak during the job (device used)".into(),
         format!(

@@ -172,6 +172,8 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
     /// (e4m3 codes with per-row scales) halves their memory, with a small error against the
     /// checkpoint's weights (docs/performance.md). In the low-VRAM mode it also halves the
     /// pinned host copy of the blocks and each block's transfer.
+    /// [`WeightFormat::Fp8TensorCores`] also runs their products on FP8 tensor cores where
+    /// the GPU has them (activations rounded to e4m3 per token).
     pub fn block_weights(mut self, format: WeightFormat) -> Self {
         self.block_weights = format;
         self
@@ -934,6 +936,18 @@ impl<B: FramePackBackend> Pipeline<B> {
         let job_cancel = CancelToken::new();
         let vae = &self.vae;
         let (low_vram, device) = (self.memory.is_low_vram(), self.device.clone());
+        // Resident mode decodes untiled, as the reference's high-VRAM mode, unless the free
+        // memory is short of the decode's estimate: then with spatial tiles (same weights).
+        let tiled_vae = if vae.tiling().use_tiling {
+            None
+        } else {
+            let mut tiled = vae.clone();
+            tiled.set_tiling(VaeTiling {
+                use_tiling: true,
+                ..vae.tiling().clone()
+            })?;
+            Some(tiled)
+        };
         let mut clip = Clip::default();
         let mut failure: Option<Error> = None;
         let mut decode_time = Duration::ZERO;
@@ -956,7 +970,11 @@ impl<B: FramePackBackend> Pipeline<B> {
                         return;
                     }
                     let t = Instant::now();
-                    if let Err(e) = decode_section(vae, &s, &mut clip) {
+                    // The sampler's buffers (streamed blocks, activations) go back before the
+                    // decode's own.
+                    B::memory_cleanup(&device);
+                    if let Err(e) = decode_section(vae, tiled_vae.as_ref(), &device, &s, &mut clip)
+                    {
                         failure = Some(e);
                         job_cancel.cancel();
                         return;
@@ -1048,8 +1066,17 @@ impl<B: FramePackBackend> Pipeline<B> {
             .into_iter()
             .map(|(k, d)| (k.to_string(), dtype_name(d)))
             .collect();
-        if self.block_weights == WeightFormat::Fp8 {
-            dtypes.insert("transformer_block_weights".into(), "fp8_e4m3".into());
+        match self.block_weights {
+            WeightFormat::Dense => {}
+            WeightFormat::Fp8 => {
+                dtypes.insert("transformer_block_weights".into(), "fp8_e4m3".into());
+            }
+            WeightFormat::Fp8TensorCores => {
+                dtypes.insert(
+                    "transformer_block_weights".into(),
+                    "fp8_e4m3, fp8 tensor-core products".into(),
+                );
+            }
         }
         RunRecord {
             format: RECORD_FORMAT.into(),
@@ -1199,8 +1226,12 @@ impl<B: FramePackBackend> Pipeline<B> {
 }
 
 /// Decodes the latents a finished section names (spec §2.5) and joins them to the clip.
+/// Decodes the section of `event` into `clip`, with `tiled` (the VAE with spatial tiling) when
+/// the device's free memory is below `vae`'s estimate for an untiled decode.
 fn decode_section<B: FramePackBackend>(
     vae: &HunyuanVideoVae<B>,
+    tiled: Option<&HunyuanVideoVae<B>>,
+    device: &B::Device,
     event: &SectionEvent<'_, B>,
     clip: &mut Clip,
 ) -> Result<()> {
@@ -1218,6 +1249,12 @@ fn decode_section<B: FramePackBackend>(
         LatentSpan::All => valid,
         LatentSpan::Front(_) => valid.narrow(2, 0, n),
         LatentSpan::Back(_) => valid.narrow(2, total - n, n),
+    };
+    let vae = match (tiled, B::device_memory(device)) {
+        (Some(tiled), Some(memory)) if memory.free < vae.untiled_decode_bytes(latents.dims()) => {
+            tiled
+        }
+        _ => vae,
     };
     let pixels = vae.decode(vae.unscale_latents(latents))?;
     let dims = pixels.dims();

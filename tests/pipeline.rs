@@ -371,4 +371,18 @@ fn fp8_blocks_give_a_close_video_and_are_recorded() {
     assert_eq!(low.memory(), MemoryMode::LowVram);
     let streamed = low.generate(&request, |_| {}).unwrap();
     assert_eq!(streamed.frames.as_bytes(), video.frames.as_bytes());
+    // FP8 tensor-core products need a GPU with them: on the CPU they fall back to the
+    // expanded weights, the FP8 video exactly, and the record says what was asked for.
+    let mut tensor_cores = build(WeightFormat::Fp8TensorCores, MemoryMode::Auto).unwrap();
+    let fallback = tensor_cores.generate(&request, |_| {}).unwrap();
+    assert_eq!(fallback.frames.as_bytes(), video.frames.as_bytes());
+    assert_eq!(
+        fallback
+            .record
+            .runtime
+            .dtypes
+            .get("transformer_block_weights")
+            .map(String::as_str),
+        Some("fp8_e4m3, fp8 tensor-core products")
+    );
 }

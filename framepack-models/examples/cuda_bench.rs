@@ -8,7 +8,9 @@
 //! cuda_bench [--iters N] [--reference /path/weights.safetensors]
 //! ```
 //! `--reference` takes the files written by `../shared/perf/ref_transformer.py` with `SAVE=`:
-//! the weights, and `<path>.io.safetensors` with the inputs and the reference output.
+//! the weights, and `<path>.io.safetensors` with the inputs and the reference output (or by
+//! `tools/cuda/ref_fp8.py`, which adds PyTorch's output on FP8-rounded block weights, compared
+//! with ours under `--fp8`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use framepack_models::cuda::{
-    device_report, engine_summary, pool_usage, set_hopper_attention, CudaBackend as B, CudaDevice,
+    device_report, engine_summary, fp8_tensor_cores_available, fp8_tensor_cores_check, pool_usage,
+    set_fp8_tensor_cores, set_hopper_attention, CudaBackend as B, CudaDevice,
 };
 use framepack_models::fp8::Fp8Host;
 use framepack_models::nn::WeightFormat;
@@ -80,6 +83,26 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
             name.to_string(),
             format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
         ));
+        // The same product on FP8 tensor cores (activations quantised by our kernel first,
+        // inside the time).
+        if fp8_tensor_cores_available(device) {
+            let values: Vec<f32> = w
+                .clone()
+                .cast(DType::F32)
+                .into_data()
+                .to_vec()
+                .expect("values");
+            let mut w8 = Fp8Host::quantize(&values, [n, k]).upload::<B>(device, DType::BF16);
+            w8.tensor_cores = true;
+            let t = time::<B>(iters, device, || {
+                drop(B::dense_fp8(x.clone(), &w8, Some(b.clone()), gelu))
+            });
+            let tflops = 2.0 * (m * k * n) as f64 / t / 1e12;
+            rows.push((
+                format!("{name}, FP8 tensor cores"),
+                format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
+            ));
+        }
     }
     for (hopper, kernel) in [(false, "mma.sync"), (true, "default")] {
         set_hopper_attention(hopper);
@@ -449,15 +472,24 @@ fn main() {
     };
     let start = Instant::now();
     let model = load(WeightFormat::Dense);
-    let (inputs, expected) = match &reference {
+    // `output_fp8` (written by tools/cuda/ref_fp8.py): PyTorch's forward with the block
+    // weights rounded through FP8 as ours are.
+    let (inputs, expected, expected_fp8) = match &reference {
         Some(path) => {
             let io = CheckpointFiles::open(format!("{path}.io.safetensors")).expect("reference io");
-            let expected = io
-                .read_stored::<B, 5>("output", DType::F32, &device)
-                .expect("output");
-            (reference_inputs(&io, &device), Some(expected))
+            let read = |key: &str| io.read_stored::<B, 5>(key, DType::F32, &device).ok();
+            let expected = read("output").expect("output");
+            (
+                reference_inputs(&io, &device),
+                Some(expected),
+                read("output_fp8"),
+            )
         }
-        None => (default_inputs::<B>(&config, &device, DType::BF16), None),
+        None => (
+            default_inputs::<B>(&config, &device, DType::BF16),
+            None,
+            None,
+        ),
     };
     B::sync(&device).expect("sync");
     B::memory_cleanup(&device);
@@ -516,22 +548,19 @@ fn main() {
     }
 
     if args.flag("--fp8") {
-        // The same weights with FP8 blocks: memory, speed and error against bf16.
+        // The same weights with FP8 blocks: memory, speed and error against bf16, with the
+        // weights expanded before each GEMM (`WeightFormat::Fp8`'s numbers) and on FP8 tensor
+        // cores (`Fp8TensorCores`: activations rounded to e4m3 too), one loaded model.
         drop(model);
         B::sync(&device).expect("sync");
         B::memory_cleanup(&device);
         let empty_pool = pool_usage(&device).0;
         let start = Instant::now();
-        let model = load(WeightFormat::Fp8);
+        let model = load(WeightFormat::Fp8TensorCores);
         B::sync(&device).expect("sync");
         let build = start.elapsed().as_secs_f64();
         B::memory_cleanup(&device);
         let weights_fp8 = pool_usage(&device).0.saturating_sub(empty_pool);
-        let mut fp8_out = None;
-        let t8 = time::<B>(iters, &device, || {
-            fp8_out = Some(model.forward(&inputs).expect("fp8 forward"))
-        });
-        let fp8_out = fp8_out.expect("forward ran");
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         rows.push((
             "FP8 blocks: weights on the GPU".into(),
@@ -541,26 +570,57 @@ fn main() {
                 gib(weights_bf16)
             ),
         ));
-        rows.push((
-            "FP8 blocks: forward".into(),
-            format!(
-                "median {t8:.3} s of {iters} ({:.2}x the bf16 forward)",
-                t8 / t
-            ),
-        ));
-        rows.push((
-            "FP8 blocks: relative L2 vs bf16 forward".into(),
-            format!("{:.3e}", relative_l2(&fp8_out, &out)),
-        ));
-        if let Some(expected) = &expected {
+        let available = fp8_tensor_cores_check(&device);
+        let mut fp8_out = None;
+        for tensor_cores in [false, true] {
+            if let (true, Err(reason)) = (tensor_cores, &available) {
+                rows.push(("FP8 tensor cores: not available".into(), reason.clone()));
+                continue;
+            }
+            set_fp8_tensor_cores(tensor_cores);
+            let label = if tensor_cores {
+                "FP8 blocks on FP8 tensor cores"
+            } else {
+                "FP8 blocks, expanded to bf16"
+            };
+            let mut out8 = None;
+            let t8 = time::<B>(iters, &device, || {
+                out8 = Some(model.forward(&inputs).expect("fp8 forward"))
+            });
+            let out8 = out8.expect("forward ran");
             rows.push((
-                "FP8 blocks: relative L2 vs PyTorch reference".into(),
-                format!("{:.3e}", relative_l2(&fp8_out, expected)),
+                format!("{label}: forward"),
+                format!(
+                    "median {t8:.3} s of {iters} ({:.2}x the bf16 forward)",
+                    t8 / t
+                ),
             ));
+            rows.push((
+                format!("{label}: relative L2 vs bf16 forward"),
+                format!("{:.3e}", relative_l2(&out8, &out)),
+            ));
+            if let Some(expected) = &expected {
+                rows.push((
+                    format!("{label}: relative L2 vs PyTorch reference"),
+                    format!("{:.3e}", relative_l2(&out8, expected)),
+                ));
+            }
+            if let Some(expected_fp8) = &expected_fp8 {
+                rows.push((
+                    format!("{label}: relative L2 vs PyTorch on the same FP8-rounded weights"),
+                    format!("{:.3e}", relative_l2(&out8, expected_fp8)),
+                ));
+            }
+            if !tensor_cores {
+                fp8_out = Some(out8);
+            }
         }
-        // Control: a dense bf16 model whose block weights are the FP8 values. It must give
-        // the FP8 forward (the expansion is exact), so the error above is the quantisation's.
-        if let Some(path) = &reference {
+        set_fp8_tensor_cores(true);
+        let fp8_out = fp8_out.expect("expanded forward ran");
+        // Control (`--fp8-control`): a dense bf16 model whose block weights are the FP8
+        // values. It must give the expanded FP8 forward (the expansion is exact), so the error
+        // above is the quantisation's.
+        if let Some(path) = reference.as_ref().filter(|_| args.flag("--fp8-control")) {
             drop(model);
             B::sync(&device).expect("sync");
             B::memory_cleanup(&device);

@@ -15,6 +15,17 @@ pub enum WeightFormat {
     Dense,
     /// As FP8 codes with per-row scales ([`crate::fp8`]), expanded at every use.
     Fp8,
+    /// As [`WeightFormat::Fp8`], the products on FP8 tensor cores where the backend has them
+    /// ([`FramePackBackend::dense_fp8`]: Hopper-class CUDA GPUs), each row of activations
+    /// rounded to e4m3 with its own scale; elsewhere exactly [`WeightFormat::Fp8`].
+    Fp8TensorCores,
+}
+
+impl WeightFormat {
+    /// Whether weights are kept as FP8 codes.
+    pub fn is_fp8(self) -> bool {
+        matches!(self, Self::Fp8 | Self::Fp8TensorCores)
+    }
 }
 
 /// A linear layer's weight `[out, in]`, dense or FP8.
@@ -74,6 +85,7 @@ impl<B: FramePackBackend> Weight<B> {
                 codes: Tensor::cat(fp8.iter().map(|w| w.codes.clone()).collect(), 0),
                 scales: Tensor::cat(fp8.iter().map(|w| w.scales.clone()).collect(), 0),
                 dtype: first.dtype,
+                tensor_cores: first.tensor_cores,
             }),
             _ => Self::Dense(Tensor::cat(parts.iter().map(Self::tensor).collect(), 0)),
         }
@@ -130,7 +142,10 @@ impl<B: FramePackBackend> Linear<B> {
         let shape = [out_features, in_features];
         let weight = match format {
             WeightFormat::Dense => Weight::Dense(src.tensor(&key, shape, dtype)?),
-            WeightFormat::Fp8 => Weight::Fp8(src.fp8_weight(&key, shape, dtype)?),
+            WeightFormat::Fp8 | WeightFormat::Fp8TensorCores => Weight::Fp8(Fp8Weight {
+                tensor_cores: format == WeightFormat::Fp8TensorCores,
+                ..src.fp8_weight(&key, shape, dtype)?
+            }),
         };
         let bias = if bias {
             Some(src.tensor(&join(prefix, "bias"), [out_features], dtype)?)
@@ -142,12 +157,18 @@ impl<B: FramePackBackend> Linear<B> {
 
     /// `x · Wᵀ + b` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        B::dense(x, self.weight.tensor(), self.bias.clone())
+        match &self.weight {
+            Weight::Fp8(w) if w.tensor_cores => B::dense_fp8(x, w, self.bias.clone(), false),
+            weight => B::dense(x, weight.tensor(), self.bias.clone()),
+        }
     }
 
     /// `GELU_tanh(x · Wᵀ + b)`, fused where the backend can.
     pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        B::dense_gelu(x, self.weight.tensor(), self.bias.clone())
+        match &self.weight {
+            Weight::Fp8(w) if w.tensor_cores => B::dense_fp8(x, w, self.bias.clone(), true),
+            weight => B::dense_gelu(x, weight.tensor(), self.bias.clone()),
+        }
     }
 
     /// Output features.

@@ -181,6 +181,37 @@ pub trait FramePackBackend: Backend {
         portable::silu::<Self, D>(x)
     }
 
+    /// GroupNorm of `x` `[batch, channels, t, h, w]` with `groups` groups and an affine
+    /// `weight`/`bias` `[channels]`: statistics over each group's channels and positions in
+    /// fp32, the result `x · (γ·rstd) + (β − mean·γ·rstd)` rounded once to `x`'s dtype, then
+    /// (`silu`) SiLU of that rounded value, evaluated in fp32 and rounded again: the VAE's
+    /// `GroupNorm` and `SiLU(GroupNorm)` as PyTorch computes them in fp16.
+    fn group_norm(
+        x: Tensor<Self, 5>,
+        weight: Tensor<Self, 1>,
+        bias: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Tensor<Self, 5> {
+        group_norm_unfused(x, weight, bias, groups, eps, silu)
+    }
+
+    /// The VAE's causal convolution: `x` replicate-padded by `padding[0]` frames in front and
+    /// `padding[1]`/`padding[2]` on both sides of height and width, then
+    /// [`conv3d_valid`](FramePackBackend::conv3d_valid). Overrides can build the padded input
+    /// in the layout their convolution wants in one pass (at the VAE's full resolution each
+    /// copy is hundreds of megabytes).
+    fn conv3d_replicate_padded(
+        x: Tensor<Self, 5>,
+        weight: Tensor<Self, 5>,
+        bias: Option<Tensor<Self, 1>>,
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Tensor<Self, 5> {
+        pad_then_conv3d(x, weight, bias, stride, padding)
+    }
+
     /// A 3D convolution without padding ("valid"; the VAE pads its inputs itself): `x`
     /// `[batch, in, t, h, w]`, `weight` `[out, in, kt, kh, kw]`, `bias` `[out]`, one stride per
     /// axis. Overrides should accumulate in fp32 and round once to `x`'s dtype, as cuDNN does
@@ -204,6 +235,21 @@ pub trait FramePackBackend: Backend {
         work()
     }
 
+    /// `y = x · Wᵀ + b` (then GELU-tanh when `gelu`) for an FP8 weight of
+    /// [`WeightFormat::Fp8TensorCores`](crate::nn::WeightFormat::Fp8TensorCores): on FP8
+    /// tensor cores, each row of `x` rounded to e4m3 with its own absmax scale (as the weight's
+    /// rows are) and the products accumulated in fp32. By default, and wherever a backend has
+    /// no such path, the weight is expanded to the compute dtype and `x` is used as it is (the
+    /// numbers of [`WeightFormat::Fp8`](crate::nn::WeightFormat::Fp8)).
+    fn dense_fp8<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: &crate::fp8::Fp8Weight<Self>,
+        bias: Option<Tensor<Self, 1>>,
+        gelu: bool,
+    ) -> Tensor<Self, D> {
+        dense_fp8_expanded(x, weight, bias, gelu)
+    }
+
     /// An FP8 weight expanded to `dtype`: `e4m3(codes[r, c]) · scales[r]` computed in fp32
     /// and rounded once (see [`crate::fp8`]). `codes` are `u8`, `scales` fp32.
     fn dequantize_fp8(
@@ -213,6 +259,53 @@ pub trait FramePackBackend: Backend {
     ) -> Tensor<Self, 2> {
         portable::dequantize_fp8::<Self>(codes, scales, dtype)
     }
+}
+
+/// [`FramePackBackend::dense_fp8`] with the weight expanded to its compute dtype: the default,
+/// and the fallback of backends with FP8 tensor cores for operands their path does not take.
+pub fn dense_fp8_expanded<B: FramePackBackend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &crate::fp8::Fp8Weight<B>,
+    bias: Option<Tensor<B, 1>>,
+    gelu: bool,
+) -> Tensor<B, D> {
+    let w = weight.dequantize();
+    if gelu {
+        B::dense_gelu(x, w, bias)
+    } else {
+        B::dense(x, w, bias)
+    }
+}
+
+/// [`FramePackBackend::group_norm`] as the portable normalisation followed by the backend's
+/// SiLU: the default, and the fallback of backends with a fused kernel.
+pub fn group_norm_unfused<B: FramePackBackend>(
+    x: Tensor<B, 5>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Tensor<B, 5> {
+    let y = portable::group_norm::<B>(x, weight, bias, groups, eps);
+    if silu {
+        B::silu(y)
+    } else {
+        y
+    }
+}
+
+/// [`FramePackBackend::conv3d_replicate_padded`] as the portable padding followed by the
+/// backend's `conv3d_valid`: the default, and the fallback of backends with a fused path.
+pub fn pad_then_conv3d<B: FramePackBackend>(
+    x: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    stride: [usize; 3],
+    [front, height, width]: [usize; 3],
+) -> Tensor<B, 5> {
+    let x = portable::replicate_pad_front(portable::replicate_pad_hw(x, height, width), front);
+    B::conv3d_valid(x, weight, bias, stride)
 }
 
 /// The portable implementations of [`FramePackBackend`]: plain burn ops that run on every
@@ -528,6 +621,59 @@ pub mod portable {
     pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         activation::gelu_approximate(x.cast(DType::F32)).cast(dtype)
+    }
+
+    /// [`FramePackBackend::group_norm`] without the SiLU, in burn ops (fp32 statistics).
+    pub fn group_norm<B: Backend>(
+        x: Tensor<B, 5>,
+        weight: Tensor<B, 1>,
+        bias: Tensor<B, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<B, 5> {
+        let dtype = x.dtype();
+        let [b, c, t, h, w] = x.dims();
+        let g = groups;
+        let x = x.cast(DType::F32);
+        let grouped = x.clone().reshape([b, g, (c / g) * t * h * w]);
+        let mean = grouped.clone().mean_dim(2);
+        let var = (grouped - mean.clone()).powi_scalar(2).mean_dim(2);
+        let rstd = var.add_scalar(eps).sqrt().recip();
+        let per_channel = |v: Tensor<B, 3>| v.expand([b, g, c / g]).reshape([b, c]);
+        let scale = per_channel(rstd) * weight.cast(DType::F32).unsqueeze::<2>();
+        let shift = bias.cast(DType::F32).unsqueeze::<2>() - per_channel(mean) * scale.clone();
+        let y = x * scale.reshape([b, c, 1, 1, 1]) + shift.reshape([b, c, 1, 1, 1]);
+        y.cast(dtype)
+    }
+
+    /// `x` `[b, c, t, h, w]` with its first frame repeated `n` times in front.
+    pub fn replicate_pad_front<B: Backend>(x: Tensor<B, 5>, n: usize) -> Tensor<B, 5> {
+        if n == 0 {
+            return x;
+        }
+        let [b, c, _, h, w] = x.dims();
+        let first = x.clone().narrow(2, 0, 1).expand([b, c, n, h, w]);
+        Tensor::cat(vec![first, x], 2)
+    }
+
+    /// `x` `[b, c, t, h, w]` with its edge rows repeated `ph` times above and below, then its
+    /// edge columns `pw` times left and right.
+    pub fn replicate_pad_hw<B: Backend>(x: Tensor<B, 5>, ph: usize, pw: usize) -> Tensor<B, 5> {
+        let [b, c, t, h, w] = x.dims();
+        let x = if ph == 0 {
+            x
+        } else {
+            let top = x.clone().narrow(3, 0, 1).expand([b, c, t, ph, w]);
+            let bottom = x.clone().narrow(3, h - 1, 1).expand([b, c, t, ph, w]);
+            Tensor::cat(vec![top, x, bottom], 3)
+        };
+        if pw == 0 {
+            return x;
+        }
+        let h = h + 2 * ph;
+        let left = x.clone().narrow(4, 0, 1).expand([b, c, t, h, pw]);
+        let right = x.clone().narrow(4, w - 1, 1).expand([b, c, t, h, pw]);
+        Tensor::cat(vec![left, x, right], 4)
     }
 
     /// SiLU `x · sigmoid(x)`, evaluated in fp32 and rounded once.

@@ -425,3 +425,197 @@ fn gemm_attention_matches_fp32() {
         );
     }
 }
+
+/// FP8 tensor-core products (`WeightFormat::Fp8TensorCores`) against the same arithmetic on
+/// the host in f64: activations and weights rounded to e4m3 per row by `Fp8Host::quantize`
+/// (the rule our quantisation kernel follows), products of the rounded values, bias, GELU.
+/// bf16 output: relative L2 <= 1e-2. The activations' rounding is visible: against the
+/// products of the unrounded activations (the expanded path's numbers) the error is several
+/// times larger, which shows the tensor-core path ran. Without FP8 tensor cores the fallback
+/// must give the expanded path's output exactly.
+#[test]
+fn fp8_tensor_core_dense_matches_host() {
+    use burn::tensor::TensorData;
+    use framepack_models::cuda::fp8_tensor_cores_available;
+    use framepack_models::fp8::Fp8Host;
+    let (m, n, k) = (200, 256, 3072);
+    let host = |t: Tensor<B, 2>| -> Vec<f32> {
+        t.cast(DType::F32)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap()
+    };
+    // Rows of very different magnitudes (one 50x louder, one all zero): per-row scales.
+    let mut x_vals = host(randn([m, k], 1.0));
+    x_vals[7 * k..8 * k].iter_mut().for_each(|v| *v *= 50.0);
+    x_vals[9 * k..10 * k].iter_mut().for_each(|v| *v = 0.0);
+    let x = Tensor::<B, 2>::from_data(TensorData::new(x_vals.clone(), [m, k]), &device())
+        .cast(DType::BF16);
+    let x_vals = host(x.clone());
+    let w_host = Fp8Host::quantize(&host(randn([n, k], 0.05)), [n, k]);
+    let bias_vals = host(randn([1, n], 0.5));
+    let bias = Tensor::<B, 1>::from_data(TensorData::new(bias_vals.clone(), [n]), &device())
+        .cast(DType::BF16);
+    let mut weight = w_host.clone().upload::<B>(&device(), DType::BF16);
+    weight.tensor_cores = true;
+
+    let w_vals = w_host.dequantize();
+    let x_rounded = Fp8Host::quantize(&x_vals, [m, k]).dequantize();
+    let gelu =
+        |v: f64| 0.5 * v * (1.0 + (0.797_884_560_802_865_4 * (v + 0.044715 * v * v * v)).tanh());
+    let reference = |xs: &[f32], with_gelu: bool| -> Tensor<B, 2> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|i| f64::from(xs[r * k + i]) * f64::from(w_vals[c * k + i]))
+                    .sum();
+                let v = dot + f64::from(bias_vals[c]);
+                out[r * n + c] = if with_gelu { gelu(v) } else { v } as f32;
+            }
+        }
+        Tensor::from_data(TensorData::new(out, [m, n]), &device())
+    };
+    let tensor_cores = fp8_tensor_cores_available(&device());
+    println!(
+        "FP8 tensor cores: {:?}",
+        framepack_models::cuda::fp8_tensor_cores_check(&device())
+    );
+    for with_gelu in [false, true] {
+        let name = if with_gelu {
+            "fp8 dense + GELU"
+        } else {
+            "fp8 dense + bias"
+        };
+        let out = B::dense_fp8(x.clone(), &weight, Some(bias.clone()), with_gelu).cast(DType::F32);
+        if tensor_cores {
+            let exact = relative_l2(name, out.clone(), reference(&x_rounded, with_gelu));
+            let unrounded = relative_l2(name, out.clone(), reference(&x_vals, with_gelu));
+            assert!(exact <= 1e-2, "{name}: relative L2 {exact} > 1e-2");
+            assert!(
+                unrounded > 3.0 * exact,
+                "{name}: {unrounded:.3e} against unrounded activations, {exact:.3e} against \
+                 rounded ones: the activations were not rounded to e4m3"
+            );
+            // A 3-D input takes the same path.
+            let x3 = x.clone().reshape([2, m / 2, k]);
+            let out3 = B::dense_fp8(x3, &weight, Some(bias.clone()), with_gelu);
+            let diff = (out3.cast(DType::F32).reshape([m, n]) - out.clone())
+                .abs()
+                .max()
+                .into_scalar();
+            assert_eq!(diff, 0.0, "{name}: 3-D input");
+        } else {
+            let expanded = framepack_models::ops::dense_fp8_expanded(
+                x.clone(),
+                &weight,
+                Some(bias.clone()),
+                with_gelu,
+            )
+            .cast(DType::F32);
+            let diff = (out - expanded).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "{name}: the fallback is the expanded path");
+        }
+    }
+}
+
+/// The GroupNorm kernels (+ SiLU) against the portable burn path on the VAE's dtypes: odd
+/// sizes, a batch of two, spans of several chunks, and values far from zero (the variance is
+/// taken about the mean in a second pass, not from a sum of squares). Both round once to the
+/// dtype (twice with SiLU): fp16 within 1e-3, bf16 within 1e-2.
+#[test]
+fn group_norm_matches_portable() {
+    for (dtype, bound) in [(DType::F16, 1e-3), (DType::BF16, 1e-2)] {
+        for (shape, groups, offset) in [
+            ([1, 256, 3, 17, 19], 32, 0.0),
+            ([2, 64, 2, 8, 8], 32, 0.0),
+            ([1, 128, 5, 64, 64], 32, 0.0),
+            ([1, 32, 17, 64, 48], 32, 40.0),
+        ] {
+            let x = Tensor::<B, 5>::random(shape, Distribution::Normal(offset, 2.0), &device())
+                .cast(dtype);
+            let c = shape[1];
+            let weight =
+                Tensor::<B, 1>::random([c], Distribution::Normal(1.0, 0.3), &device()).cast(dtype);
+            let bias =
+                Tensor::<B, 1>::random([c], Distribution::Normal(0.0, 0.5), &device()).cast(dtype);
+            for silu in [false, true] {
+                let name = format!("group norm {dtype:?} {shape:?} offset {offset} silu {silu}");
+                check(
+                    &name,
+                    both(|| {
+                        B::group_norm(x.clone(), weight.clone(), bias.clone(), groups, 1e-6, silu)
+                    }),
+                    bound,
+                );
+            }
+        }
+    }
+}
+
+/// The causal convolution with its padding built channels-last by one kernel, against the
+/// same padding done by concatenations before the tuned `conv3d_valid` (the same GEMMs on the
+/// same values: equal), and against the portable path on the same values in fp32 (burn's own
+/// fp16 convolution accumulates in fp16, so it is not the reference): fp16 within 1e-3, bf16
+/// 1e-2. Inputs in both layouts the VAE produces: contiguous, and a channels-last view (a
+/// convolution's output).
+#[test]
+fn conv3d_replicate_padded_matches() {
+    for dtype in [DType::F16, DType::BF16] {
+        for channels_last in [false, true] {
+            let shape = [1, 24, 5, 9, 11];
+            let x = if channels_last {
+                Tensor::<B, 5>::random([1, 5, 9, 11, 24], Distribution::Normal(0.0, 1.0), &device())
+                    .permute([0, 4, 1, 2, 3])
+            } else {
+                Tensor::<B, 5>::random(shape, Distribution::Normal(0.0, 1.0), &device())
+            }
+            .cast(dtype);
+            let weight = Tensor::<B, 5>::random(
+                [16, 24, 3, 3, 3],
+                Distribution::Normal(0.0, 0.1),
+                &device(),
+            )
+            .cast(dtype);
+            let bias =
+                Tensor::<B, 1>::random([16], Distribution::Normal(0.0, 0.1), &device()).cast(dtype);
+            let name = format!("padded conv {dtype:?} channels-last input {channels_last}");
+            let fused = B::conv3d_replicate_padded(
+                x.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                [1, 1, 1],
+                [2, 1, 1],
+            )
+            .cast(DType::F32);
+            let unfused = framepack_models::ops::pad_then_conv3d(
+                x.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                [1, 1, 1],
+                [2, 1, 1],
+            )
+            .cast(DType::F32);
+            assert_eq!(fused.dims(), [1, 16, 5, 9, 11], "{name}");
+            let diff = (fused.clone() - unfused).abs().max().into_scalar();
+            assert_eq!(diff, 0.0, "{name}: differs from padding by concatenation");
+            let exact = {
+                let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+                set_tuned_kernels(false);
+                let f32 = |t: Tensor<B, 5>| t.cast(DType::F32);
+                let out = B::conv3d_replicate_padded(
+                    f32(x.clone()),
+                    f32(weight.clone()),
+                    Some(bias.clone().cast(DType::F32)),
+                    [1, 1, 1],
+                    [2, 1, 1],
+                );
+                set_tuned_kernels(true);
+                out
+            };
+            let bound = if dtype == DType::F16 { 1e-3 } else { 1e-2 };
+            check(&name, (fused, exact), bound);
+        }
+    }
+}

@@ -69,6 +69,7 @@ pub(super) fn attend_gemm(
                         ty,
                         f32_out: true,
                         accumulate: false,
+                        scales: None,
                     })?;
                 }
                 Ok(())
@@ -109,6 +110,7 @@ pub(super) fn attend_gemm(
                         ty,
                         f32_out: false,
                         accumulate: false,
+                        scales: None,
                     })?;
                 }
                 Ok(())

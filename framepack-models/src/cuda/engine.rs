@@ -46,6 +46,16 @@ pub(crate) struct Kernels {
     pub gelu_tanh: CudaFunction,
     pub silu: CudaFunction,
     pub fp8_dequant: CudaFunction,
+    /// Rows of bf16 activations to e4m3 codes and per-row scales (FP8 tensor-core GEMMs).
+    pub quantize_rows_e4m3: CudaFunction,
+    /// GroupNorm's passes (fp16 / bf16): partial sums, statistics, normalisation (+ SiLU).
+    pub group_norm_partials: CudaFunction,
+    pub group_norm_stats: CudaFunction,
+    pub group_norm_apply: CudaFunction,
+    /// The convolution's crop + bias + rounding of its fp32 accumulator.
+    pub conv_epilogue: CudaFunction,
+    /// The causal convolution's replicate padding, written channels-last.
+    pub pad_channels_last: CudaFunction,
     pub flash_attention: CudaFunction,
     /// The fastest wgmma kernel (sm_90a only) that passed the start-up self-test against the
     /// sm_80 tensor-core kernel.
@@ -80,6 +90,19 @@ pub fn set_hopper_attention(enabled: bool) {
 
 pub(crate) fn hopper_attention() -> bool {
     HOPPER_ATTENTION.load(Ordering::SeqCst)
+}
+
+static FP8_TENSOR_CORES: AtomicBool = AtomicBool::new(true);
+
+/// Turns the FP8 tensor-core GEMM on or off (on by default where it exists); off, FP8 weights
+/// of `WeightFormat::Fp8TensorCores` are expanded as `WeightFormat::Fp8`'s are. For
+/// comparing the two on one loaded model.
+pub fn set_fp8_tensor_cores(enabled: bool) {
+    FP8_TENSOR_CORES.store(enabled, Ordering::SeqCst);
+}
+
+pub(crate) fn fp8_tensor_cores() -> bool {
+    FP8_TENSOR_CORES.load(Ordering::SeqCst)
 }
 
 /// Turns the tuned CUDA kernels on or off for the whole process (on by default). With them
@@ -149,6 +172,12 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
         gelu_tanh: f("gelu_tanh_bf16")?,
         silu: f("silu_bf16")?,
         fp8_dequant: f("fp8_dequant_bf16")?,
+        quantize_rows_e4m3: f("quantize_rows_e4m3_bf16")?,
+        group_norm_partials: f("group_norm_partials")?,
+        group_norm_stats: f("group_norm_stats")?,
+        group_norm_apply: f("group_norm_apply")?,
+        conv_epilogue: f("conv_epilogue")?,
+        pad_channels_last: f("pad_channels_last")?,
         flash_attention,
         _module: module,
     })

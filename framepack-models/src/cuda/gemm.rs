@@ -5,6 +5,10 @@
 //! `op = transpose`: cuBLASLt sees `A = W` (K×N, ld K, transposed), `B = x` (K×M, ld K) and
 //! `C = y` (N×M, ld N), and the bias runs along its rows, the output features. Descriptors and
 //! the chosen algorithm are cached per shape.
+//!
+//! FP8 products ([`GemmType::Fp8E4m3`], Hopper and later): `A` and `B` are e4m3 codes, each with
+//! one fp32 scale per row of the row-major matrices (cuBLASLt's outer-vector scaling: one per
+//! output feature for `W`, one per token for `x`), the output bf16.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -34,6 +38,8 @@ pub(crate) enum GemmType {
     /// fp16 (the text and image encoders and the VAE run in fp16, as the reference).
     F16,
     F32,
+    /// e4m3 weights and activations with per-row fp32 scales ([`GemmCall::scales`]), bf16 out.
+    Fp8E4m3,
 }
 
 impl GemmType {
@@ -97,6 +103,8 @@ pub(crate) struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     plans: Mutex<HashMap<PlanKey, Plan>>,
+    /// Shapes and types cuBLASLt has no algorithm for ([`Gemm::supports`]), with its error.
+    unsupported: Mutex<HashMap<PlanKey, String>>,
     stream: Arc<CudaStream>,
 }
 
@@ -135,6 +143,9 @@ pub(crate) struct GemmCall {
     /// `out += x · Wᵀ` instead of `out = x · Wᵀ` (with `f32_out`: a sum of products rounded
     /// once, the convolution's taps).
     pub accumulate: bool,
+    /// [`GemmType::Fp8E4m3`]: device pointers of the fp32 row scales of `W` (`n` of them) and
+    /// of `x` (`m`).
+    pub scales: Option<(u64, u64)>,
 }
 
 fn alignment(ptrs: &[u64]) -> u32 {
@@ -160,6 +171,7 @@ impl Gemm {
             handle,
             workspace,
             plans: Mutex::new(HashMap::new()),
+            unsupported: Mutex::new(HashMap::new()),
             stream,
         })
     }
@@ -179,6 +191,10 @@ impl Gemm {
                 sys::cudaDataType_t::CUDA_R_32F,
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             ),
+            GemmType::Fp8E4m3 => (
+                sys::cudaDataType_t::CUDA_R_8F_E4M3,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
         };
         let desc = lt::create_matmul_desc(compute, sys::cudaDataType_t::CUDA_R_32F)
             .map_err(|e| err("desc", e))?;
@@ -186,10 +202,10 @@ impl Gemm {
             .map_err(|e| err("layout A", e))?;
         let b = lt::create_matrix_layout(data, key.k, key.m, key.k as i64)
             .map_err(|e| err("layout B", e))?;
-        let out_type = if key.f32_out {
-            sys::cudaDataType_t::CUDA_R_32F
-        } else {
-            data
+        let out_type = match (key.f32_out, key.ty) {
+            (true, _) => sys::cudaDataType_t::CUDA_R_32F,
+            (false, GemmType::Fp8E4m3) => sys::cudaDataType_t::CUDA_R_16BF,
+            (false, _) => data,
         };
         let c = lt::create_matrix_layout(out_type, key.n, key.m, key.n as i64)
             .map_err(|e| err("layout C", e))?;
@@ -236,6 +252,23 @@ impl Gemm {
                     size_of::<u64>(),
                 )
                 .map_err(|e| err("bias pointer", e))?;
+            }
+            if key.ty == GemmType::Fp8E4m3 {
+                let mode =
+                    sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
+                        as i32;
+                for attr in [
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                ] {
+                    lt::set_matmul_desc_attribute(
+                        desc,
+                        attr,
+                        &mode as *const i32 as *const c_void,
+                        size_of::<i32>(),
+                    )
+                    .map_err(|e| err("scale mode", e))?;
+                }
             }
             let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
             let ws: usize = 32 << 20;
@@ -292,11 +325,10 @@ impl Gemm {
         Ok(plan)
     }
 
-    /// Enqueues one dense layer on the engine's stream.
-    pub(crate) fn run(&self, call: &GemmCall) -> Result<(), String> {
+    fn key(call: &GemmCall) -> PlanKey {
         let mut ptrs = vec![call.x, call.w, call.out];
         ptrs.extend(call.bias);
-        let key = PlanKey {
+        PlanKey {
             m: call.m,
             n: call.n,
             k: call.k,
@@ -304,7 +336,40 @@ impl Gemm {
             ty: call.ty,
             f32_out: call.f32_out,
             align: alignment(&ptrs),
-        };
+        }
+    }
+
+    /// Whether cuBLASLt has an algorithm for `call` on this GPU (FP8 products need FP8
+    /// tensor cores and, for per-row scales, a recent cuBLASLt); the answer is cached.
+    pub(crate) fn supports(&self, call: &GemmCall) -> bool {
+        self.check(call).is_ok()
+    }
+
+    /// [`Gemm::supports`], with cuBLASLt's reason when not.
+    pub(crate) fn check(&self, call: &GemmCall) -> Result<(), String> {
+        let key = Self::key(call);
+        let mut unsupported = self
+            .unsupported
+            .lock()
+            .map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
+        if let Some(reason) = unsupported.get(&key) {
+            return Err(reason.clone());
+        }
+        if self
+            .plans
+            .lock()
+            .is_ok_and(|plans| plans.contains_key(&key))
+        {
+            return Ok(());
+        }
+        self.plan(key).map(drop).inspect_err(|reason| {
+            unsupported.insert(key, reason.clone());
+        })
+    }
+
+    /// Enqueues one dense layer on the engine's stream.
+    pub(crate) fn run(&self, call: &GemmCall) -> Result<(), String> {
+        let key = Self::key(call);
         let mut plans = self
             .plans
             .lock()
@@ -386,6 +451,26 @@ impl Gemm {
                     size_of::<u64>(),
                 )
                 .map_err(|e| format!("cuBLASLt bias pointer: {e:?}"))?;
+            }
+            if let Some((w_scales, x_scales)) = call.scales {
+                for (attr, ptr) in [
+                    (
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                        w_scales,
+                    ),
+                    (
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                        x_scales,
+                    ),
+                ] {
+                    lt::set_matmul_desc_attribute(
+                        plan.desc,
+                        attr,
+                        &ptr as *const u64 as *const c_void,
+                        size_of::<u64>(),
+                    )
+                    .map_err(|e| format!("cuBLASLt scale pointer: {e:?}"))?;
+                }
             }
             lt::matmul(
                 self.handle,

@@ -897,3 +897,231 @@ flash_attention_wgmma_pipelined_bf16(const bf16_t* __restrict__ q, const bf16_t*
     }
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Activations to FP8 for the FP8 tensor-core GEMM: each row of x [rows, cols] (bf16) is scaled so
+// that its largest magnitude lands on 448 and rounded to e4m3, exactly as the host quantiser of
+// weights (fp8.rs `Fp8Host::quantize`: scale = absmax / 448, or 1 for an all-zero or non-finite
+// row; code = e4m3(x * (1 / scale)), ties to even, saturating). One block per row, 8 values per
+// thread and step; cols % 8 == 0.
+__device__ __forceinline__ u32 f32_to_e4m3(float x) {
+    u32 sign = (__float_as_uint(x) >> 24) & 0x80u;
+    float a = fabsf(x);
+    if (a != a) return 0x7fu;
+    u32 magnitude;
+    if (a >= 448.f) {
+        magnitude = 0x7eu;
+    } else if (a < 0.015625f) {  // subnormal range, steps of 2^-9
+        magnitude = (u32)__float2int_rn(a * 512.f);
+    } else {  // round the fp32 mantissa to 3 bits, ties to even
+        u32 bits = __float_as_uint(a);
+        u32 rounded = (bits + 0x7ffffu + ((bits >> 20) & 1u)) & ~0xfffffu;
+        int exponent = (int)(rounded >> 23) - 127 + 7;
+        u32 mantissa = (rounded >> 20) & 7u;
+        magnitude = (exponent > 15 || (exponent == 15 && mantissa == 7u)) ? 0x7eu : (((u32)exponent << 3) | mantissa);
+    }
+    return sign | magnitude;
+}
+
+extern "C" __global__ void quantize_rows_e4m3_bf16(const bf16_t* __restrict__ x, unsigned char* __restrict__ codes,
+                                                   float* __restrict__ scales, int cols) {
+    __shared__ float red[32];
+    const size_t base = (size_t)blockIdx.x * cols;
+    const uint4* row = reinterpret_cast<const uint4*>(x + base);
+    const int chunks = cols / 8;
+    float v[8];
+    float absmax = 0.f;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        unpack8(row[c], v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) absmax = fmaxf(absmax, fabsf(v[i]));
+    }
+    for (int o = 16; o > 0; o >>= 1) absmax = fmaxf(absmax, __shfl_xor_sync(0xffffffffu, absmax, o));
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    if (lane == 0) red[warp] = absmax;
+    __syncthreads();
+    absmax = 0.f;
+    for (int w = 0; w < warps; ++w) absmax = fmaxf(absmax, red[w]);
+    const float scale = (absmax > 0.f && absmax <= 3.402823466e38f) ? absmax / 448.f : 1.f;
+    const float inv = 1.f / scale;
+    if (threadIdx.x == 0) scales[blockIdx.x] = scale;
+    uint2* out = reinterpret_cast<uint2*>(codes + base);
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        unpack8(row[c], v);
+        uint2 o;
+        o.x = f32_to_e4m3(v[0] * inv) | (f32_to_e4m3(v[1] * inv) << 8) | (f32_to_e4m3(v[2] * inv) << 16) |
+              (f32_to_e4m3(v[3] * inv) << 24);
+        o.y = f32_to_e4m3(v[4] * inv) | (f32_to_e4m3(v[5] * inv) << 8) | (f32_to_e4m3(v[6] * inv) << 16) |
+              (f32_to_e4m3(v[7] * inv) << 24);
+        out[c] = o;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GroupNorm (+ SiLU) over [batch, channels, t, h, w], fp16 or bf16, the VAE's normalisation.
+// A group's values are one contiguous span of `span` = (channels / groups) * t * h * w elements.
+// Three passes over x: (1) per-chunk fp32 sums; (2) with the group's mean (the chunks summed in
+// fp64, every block in the same order), per-chunk sums of squared deviations; (3) statistics
+// per group from the same partials, then y = x * scale + shift (fp32, no contraction), rounded to
+// the dtype, and (silu) SiLU of the rounded value, rounded again. The portable path (ops.rs)
+// rounds at the same points. `is_f16` selects fp16 (else bf16) bit patterns.
+__device__ __forceinline__ float h2f(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ unsigned short f2h(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float half_load(const unsigned short* p, size_t i, int is_f16) {
+    return is_f16 ? h2f(p[i]) : bf2f(p[i]);
+}
+
+__device__ __forceinline__ unsigned short half_store(float f, int is_f16) { return is_f16 ? f2h(f) : f2bf(f); }
+
+__device__ __forceinline__ float block_sum_f(float v, float* red) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < warps; ++w) total += red[w];
+    __syncthreads();
+    return total;
+}
+
+// The mean of group `group` from its `chunks` partial sums (fp64, fixed order).
+__device__ __forceinline__ float group_mean(const float* partial, int group, int chunks, long long span) {
+    double s = 0.0;
+    for (int c = 0; c < chunks; ++c) s += (double)partial[(size_t)group * chunks + c];
+    return (float)(s / (double)span);
+}
+
+// grid (chunks, batch * groups); pass 2 when `partial` is given (then `out` gets squared deviations).
+extern "C" __global__ void group_norm_partials(const unsigned short* __restrict__ x, const float* __restrict__ partial,
+                                              float* __restrict__ out, long long span, int chunks, int is_f16) {
+    __shared__ float red[32];
+    const int group = blockIdx.y;
+    const long long per_chunk = (span + chunks - 1) / chunks;
+    const long long begin = (long long)blockIdx.x * per_chunk;
+    const long long end = begin + per_chunk < span ? begin + per_chunk : span;
+    const size_t base = (size_t)group * span;
+    const float mean = partial ? group_mean(partial, group, chunks, span) : 0.f;
+    float acc = 0.f;
+    for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        float v = half_load(x, base + i, is_f16);
+        if (partial) {
+            float d = __fsub_rn(v, mean);
+            acc += __fmul_rn(d, d);
+        } else {
+            acc += v;
+        }
+    }
+    acc = block_sum_f(acc, red);
+    if (threadIdx.x == 0) out[(size_t)group * chunks + blockIdx.x] = acc;
+}
+
+// Per group: (scale, shift) per channel need mean and rstd; one thread per group writes them.
+extern "C" __global__ void group_norm_stats(const float* __restrict__ sums, const float* __restrict__ squares,
+                                           float* __restrict__ stats, int groups_total, int chunks, long long span,
+                                           float eps) {
+    int group = blockIdx.x * blockDim.x + threadIdx.x;
+    if (group >= groups_total) return;
+    float mean = group_mean(sums, group, chunks, span);
+    float var = group_mean(squares, group, chunks, span);
+    stats[2 * group] = mean;
+    stats[2 * group + 1] = 1.f / sqrtf(var + eps);
+}
+
+// grid (blocks per channel, batch * channels): y = x * scale[c] + shift[c] with
+// scale = rstd * gamma and shift = beta - mean * scale, as the portable path.
+extern "C" __global__ void group_norm_apply(const unsigned short* __restrict__ x, const float* __restrict__ stats,
+                                           const unsigned short* __restrict__ weight,
+                                           const unsigned short* __restrict__ bias, unsigned short* __restrict__ out,
+                                           long long per_channel, int channels, int groups, int is_f16, int silu) {
+    const int bc = blockIdx.y;  // batch * channels + channel
+    const int c = bc % channels;
+    const int group = (bc / channels) * groups + c / (channels / groups);
+    const float mean = stats[2 * group], rstd = stats[2 * group + 1];
+    const float scale = __fmul_rn(rstd, half_load(weight, c, is_f16));
+    const float shift = __fsub_rn(half_load(bias, c, is_f16), __fmul_rn(mean, scale));
+    const size_t base = (size_t)bc * per_channel;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < per_channel;
+         i += (long long)gridDim.x * blockDim.x) {
+        float y = __fadd_rn(__fmul_rn(half_load(x, base + i, is_f16), scale), shift);
+        unsigned short r = half_store(y, is_f16);
+        if (silu) {
+            float v = half_load(&r, 0, is_f16);
+            r = half_store(v / (1.f + expf(-v)), is_f16);
+        }
+        out[base + i] = r;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The convolution's epilogue (cuda/conv.rs): crop the fp32 accumulator of `frames` output frames
+// (rows on the stride-1 grid of the h x w input plane, `cout_p` columns) to the strided output,
+// add the bias in fp32 and round once into the channels-last output [.., h_out, w_out, cout] at
+// element `offset`. kind: 0 bf16, 1 fp16, 2 fp32.
+extern "C" __global__ void conv_epilogue(const float* __restrict__ acc, const float* __restrict__ bias, void* out,
+                                        long long offset, long long n, int cout, int cout_p, int w, long long plane,
+                                        int h_out, int w_out, int sh, int sw, int kind) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += stride) {
+        const int c = (int)(i % cout);
+        long long r = i / cout;
+        const int x = (int)(r % w_out);
+        r /= w_out;
+        const int y = (int)(r % h_out);
+        const long long f = r / h_out;
+        const size_t src = ((size_t)f * plane + (size_t)y * sh * w + (size_t)x * sw) * cout_p + c;
+        const float v = bias ? __fadd_rn(acc[src], bias[c]) : acc[src];
+        if (kind == 2) {
+            reinterpret_cast<float*>(out)[offset + i] = v;
+        } else {
+            reinterpret_cast<unsigned short*>(out)[offset + i] = half_store(v, kind);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The causal convolution's input (cuda/conv.rs): x [b, c, t, h, w] (any strides, in elements)
+// replicate-padded by `pf` frames in front and `ph`/`pw` on both sides of height and width,
+// written channels-last [b, t + pf, h + 2ph, w + 2pw, cp] with channels zero-filled up to cp.
+// One block per (32 output columns, 32 channels, output row); a shared tile turns the reads
+// along w into writes along c.
+extern "C" __global__ void pad_channels_last(const unsigned short* __restrict__ x, unsigned short* __restrict__ out,
+                                            int c, int t, int h, int w, int cp, int pf, int ph, int pw,
+                                            long long sb, long long sc, long long st, long long sh, long long sw) {
+    __shared__ unsigned short tile[32][33];
+    const int tp = t + pf, hp = h + 2 * ph, wp = w + 2 * pw;
+    long long row = blockIdx.z;  // (b, t', y')
+    const int yo = (int)(row % hp);
+    row /= hp;
+    const int to = (int)(row % tp);
+    const long long b = row / tp;
+    const int ys = min(max(yo - ph, 0), h - 1), ts = max(to - pf, 0);
+    const int x0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    // Load: threadIdx.x along w, threadIdx.y (x4) along c.
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        const int ci = c0 + j, xo = x0 + threadIdx.x;
+        unsigned short v = 0;
+        if (ci < c && xo < wp) {
+            const int xs = min(max(xo - pw, 0), w - 1);
+            v = x[b * sb + (long long)ci * sc + (long long)ts * st + (long long)ys * sh + (long long)xs * sw];
+        }
+        tile[j][threadIdx.x] = v;
+    }
+    __syncthreads();
+    // Store: threadIdx.x along c.
+    const size_t base = ((size_t)(b * tp + to) * hp + yo) * (size_t)wp;
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        const int xo = x0 + j, ci = c0 + threadIdx.x;
+        if (xo < wp && ci < cp) out[(base + xo) * cp + ci] = tile[threadIdx.x][j];
+    }
+}

@@ -25,10 +25,12 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 pub use cubecl::cuda::CudaDevice;
 pub use engine::{
-    device_report, engine_summary, set_hopper_attention, set_tuned_kernels, tuned_kernels,
+    device_report, engine_summary, set_fp8_tensor_cores, set_hopper_attention, set_tuned_kernels,
+    tuned_kernels,
 };
 pub use stream::CudaStreamer;
 
+use crate::fp8::Fp8Weight;
 use crate::ops::{portable, FramePackBackend};
 use engine::{Engine, FLASH_SMEM};
 use gemm::{Epilogue, GemmCall, GemmType};
@@ -46,9 +48,39 @@ pub fn pool_usage(device: &CudaDevice) -> (u64, u64) {
     }
 }
 
-type Prim = CubeTensor<CudaRuntime>;
+pub(crate) type Prim = CubeTensor<CudaRuntime>;
 
 /// The engine for `device` if the tuned path is on and available.
+/// Whether products with FP8 weights of
+/// [`WeightFormat::Fp8TensorCores`](crate::nn::WeightFormat::Fp8TensorCores) run on this
+/// device's FP8 tensor cores: cuBLASLt offers an e4m3 GEMM with per-row scales here (Hopper
+/// and later, with a cuBLASLt of CUDA 12.9 or newer). Elsewhere they expand the weight.
+pub fn fp8_tensor_cores_available(device: &CudaDevice) -> bool {
+    fp8_tensor_cores_check(device).is_ok()
+}
+
+/// [`fp8_tensor_cores_available`], with the reason when not (for benchmarks and logs).
+pub fn fp8_tensor_cores_check(device: &CudaDevice) -> Result<(), String> {
+    let engine = engine_for(device).ok_or("the tuned CUDA path is off or unavailable")?;
+    if engine.kernels.is_none() {
+        return Err("GPU older than sm_80".into());
+    }
+    engine.gemm.check(&GemmCall {
+        x: 0,
+        w: 0,
+        out: 0,
+        bias: None,
+        m: 128,
+        n: 128,
+        k: 128,
+        epilogue: Epilogue::None,
+        ty: GemmType::Fp8E4m3,
+        f32_out: false,
+        accumulate: false,
+        scales: None,
+    })
+}
+
 fn engine_for(device: &CudaDevice) -> Option<Arc<Engine>> {
     if !tuned_kernels() {
         return None;
@@ -202,8 +234,94 @@ fn dense_tuned<const D: usize>(
             ty,
             f32_out: false,
             accumulate: false,
+            scales: None,
         })
     });
+    let mut out_dims = dims;
+    out_dims[D - 1] = n;
+    Some(wrap::<2>(out).reshape(out_dims))
+}
+
+/// [`FramePackBackend::dense_fp8`] on FP8 tensor cores: the rows of `x` quantised to e4m3 by
+/// our kernel, then one cuBLASLt FP8 GEMM with both operands' per-row scales. `None` where
+/// cuBLASLt has no algorithm for it (no FP8 tensor cores, an older cuBLASLt) or the operands
+/// do not fit its rules (bf16 only; `k` and `n` multiples of 16).
+fn dense_fp8_tuned<const D: usize>(
+    x: &Tensor<CudaBackend, D>,
+    weight: &Fp8Weight<CudaBackend>,
+    bias: &Option<Tensor<CudaBackend, 1>>,
+    gelu: bool,
+) -> Option<Tensor<CudaBackend, D>> {
+    if !engine::fp8_tensor_cores() {
+        return None;
+    }
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    let bf16 = DType::BF16;
+    if x.dtype() != bf16
+        || weight.dtype != bf16
+        || weight.codes.dtype() != DType::U8
+        || weight.scales.dtype() != DType::F32
+        || bias.as_ref().is_some_and(|b| b.dtype() != bf16)
+    {
+        return None;
+    }
+    let dims = x.dims();
+    let [n, k] = weight.dims();
+    let m: usize = dims[..D - 1].iter().product();
+    if dims[D - 1] != k || m == 0 || n % 16 != 0 || k % 16 != 0 {
+        return None;
+    }
+    let xp = prim(x.clone().reshape([m, k]));
+    let codes = into_contiguous(weight.codes.clone().into_primitive());
+    let scales = prim(weight.scales.clone());
+    let bp = bias.clone().map(prim);
+    let x_codes = empty([m, k], DType::U8, &device);
+    let x_scales = empty([m], DType::F32, &device);
+    let out = empty([m, n], bf16, &device);
+    let epilogue = match (gelu, bp.is_some()) {
+        (false, false) => Epilogue::None,
+        (false, true) => Epilogue::Bias,
+        (true, true) => Epilogue::GeluBias,
+        (true, false) => Epilogue::Gelu,
+    };
+    let mut tensors = vec![&xp, &codes, &scales, &x_codes, &x_scales, &out];
+    if let Some(b) = &bp {
+        tensors.push(b);
+    }
+    let mut supported = true;
+    run(&engine, &device, &tensors, |e, p| {
+        let call = GemmCall {
+            x: p[3],
+            w: p[1],
+            out: p[5],
+            bias: p.get(6).copied(),
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            epilogue,
+            ty: GemmType::Fp8E4m3,
+            f32_out: false,
+            accumulate: false,
+            scales: Some((p[2], p[4])),
+        };
+        // 16-byte loads of x, 8-byte stores of its codes.
+        if p[0] % 16 != 0 || p[3] % 8 != 0 || !e.gemm.supports(&call) {
+            supported = false;
+            return Ok(());
+        }
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let cols = k as i32;
+        let mut launch = e.stream.launch_builder(&kernels.quantize_rows_e4m3);
+        launch.arg(&p[0]).arg(&p[3]).arg(&p[4]).arg(&cols);
+        // SAFETY: contiguous bf16 x of m x k, u8 codes of m x k and fp32 scales of m.
+        unsafe { launch.launch(grid(m, 128, 0)) }.map_err(launch_err)?;
+        e.gemm.run(&call)
+    });
+    if !supported {
+        return None;
+    }
     let mut out_dims = dims;
     out_dims[D - 1] = n;
     Some(wrap::<2>(out).reshape(out_dims))
@@ -517,6 +635,124 @@ fn activation_tuned<const D: usize>(
     Some(wrap(out))
 }
 
+/// [`FramePackBackend::group_norm`] for fp16 and bf16 in three passes of our kernels (see
+/// `kernels.cu`): no fp32 copy of the activation, which at the VAE's full resolution is
+/// gigabytes.
+fn group_norm_tuned(
+    x: &Tensor<CudaBackend, 5>,
+    weight: &Tensor<CudaBackend, 1>,
+    bias: &Tensor<CudaBackend, 1>,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Option<Tensor<CudaBackend, 5>> {
+    let device = x.device();
+    let engine = engine_for(&device)?;
+    engine.kernels.as_ref()?;
+    let dtype = x.dtype();
+    let is_f16: i32 = match dtype {
+        DType::F16 => 1,
+        DType::BF16 => 0,
+        _ => return None,
+    };
+    let dims = x.dims();
+    let [batch, channels, t, h, w] = dims;
+    if weight.dtype() != dtype
+        || bias.dtype() != dtype
+        || weight.dims() != [channels]
+        || bias.dims() != [channels]
+        || groups == 0
+        || channels % groups != 0
+    {
+        return None;
+    }
+    let per_channel = t * h * w;
+    let span = channels / groups * per_channel;
+    let n = batch * channels * per_channel;
+    // One grid row per (batch, channel).
+    if n == 0 || batch * channels > 65535 {
+        return None;
+    }
+    let groups_total = batch * groups;
+    // About 32k values per block: thousands of blocks at the VAE's full resolution.
+    let chunks = (span / 32768).clamp(1, 1024);
+    let xp = prim(x.clone());
+    let wp = prim(weight.clone());
+    let bp = prim(bias.clone());
+    let sums = empty([groups_total * chunks], DType::F32, &device);
+    let squares = empty([groups_total * chunks], DType::F32, &device);
+    let stats = empty([groups_total * 2], DType::F32, &device);
+    let out = empty(dims, dtype, &device);
+    let tensors = [&xp, &wp, &bp, &sums, &squares, &stats, &out];
+    run(&engine, &device, &tensors, |e, p| {
+        let k = e.kernels.as_ref().ok_or("no kernels")?;
+        let (span, chunks32, eps) = (span as i64, chunks as i32, eps as f32);
+        let partials = LaunchConfig {
+            grid_dim: (chunks as u32, groups_total as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let null = 0u64;
+        for (previous, target) in [(&null, &p[3]), (&p[3], &p[4])] {
+            let mut launch = e.stream.launch_builder(&k.group_norm_partials);
+            launch
+                .arg(&p[0])
+                .arg(previous)
+                .arg(target)
+                .arg(&span)
+                .arg(&chunks32)
+                .arg(&is_f16);
+            // SAFETY: x holds groups_total spans; the partial buffers groups_total x chunks.
+            unsafe { launch.launch(partials) }.map_err(launch_err)?;
+        }
+        let total = groups_total as i32;
+        let mut launch = e.stream.launch_builder(&k.group_norm_stats);
+        launch
+            .arg(&p[3])
+            .arg(&p[4])
+            .arg(&p[5])
+            .arg(&total)
+            .arg(&chunks32)
+            .arg(&span)
+            .arg(&eps);
+        // SAFETY: stats holds two floats per group.
+        unsafe { launch.launch(grid(groups_total.div_ceil(128), 128, 0)) }.map_err(launch_err)?;
+        let (per_channel64, c, g, silu) = (
+            per_channel as i64,
+            channels as i32,
+            groups as i32,
+            i32::from(silu),
+        );
+        let mut launch = e.stream.launch_builder(&k.group_norm_apply);
+        launch
+            .arg(&p[0])
+            .arg(&p[5])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[6])
+            .arg(&per_channel64)
+            .arg(&c)
+            .arg(&g)
+            .arg(&is_f16)
+            .arg(&silu);
+        // One row of blocks per channel, about 8 values per thread.
+        let apply = LaunchConfig {
+            grid_dim: (
+                per_channel.div_ceil(256 * 8).min(4096) as u32,
+                (batch * channels) as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: contiguous x and out of n elements, weight and bias of `channels`.
+        unsafe { launch.launch(apply) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(wrap(out))
+}
+
 fn dequantize_fp8_tuned(
     codes: &Tensor<CudaBackend, 2, Int>,
     scales: &Tensor<CudaBackend, 1>,
@@ -561,6 +797,29 @@ impl FramePackBackend for CudaBackend {
     ) -> Tensor<Self, 5> {
         conv::conv3d_tuned(&x, &weight, &bias, stride)
             .unwrap_or_else(|| portable::conv3d_valid::<Self>(x, weight, bias, stride))
+    }
+
+    fn group_norm(
+        x: Tensor<Self, 5>,
+        weight: Tensor<Self, 1>,
+        bias: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Tensor<Self, 5> {
+        group_norm_tuned(&x, &weight, &bias, groups, eps, silu)
+            .unwrap_or_else(|| crate::ops::group_norm_unfused(x, weight, bias, groups, eps, silu))
+    }
+
+    fn conv3d_replicate_padded(
+        x: Tensor<Self, 5>,
+        weight: Tensor<Self, 5>,
+        bias: Option<Tensor<Self, 1>>,
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Tensor<Self, 5> {
+        conv::conv3d_padded_tuned(&x, &weight, &bias, stride, padding)
+            .unwrap_or_else(|| crate::ops::pad_then_conv3d(x, weight, bias, stride, padding))
     }
 
     fn with_exact_allocations<R>(device: &CudaDevice, work: impl FnOnce() -> R) -> R {
@@ -612,6 +871,16 @@ impl FramePackBackend for CudaBackend {
     ) -> Tensor<Self, D> {
         dense_tuned(&x, &weight, &bias, false)
             .unwrap_or_else(|| portable::dense::<Self, D>(x, weight, bias))
+    }
+
+    fn dense_fp8<const D: usize>(
+        x: Tensor<Self, D>,
+        weight: &Fp8Weight<Self>,
+        bias: Option<Tensor<Self, 1>>,
+        gelu: bool,
+    ) -> Tensor<Self, D> {
+        dense_fp8_tuned(&x, weight, &bias, gelu)
+            .unwrap_or_else(|| crate::ops::dense_fp8_expanded(x, weight, bias, gelu))
     }
 
     fn dense_gelu<const D: usize>(

@@ -2,6 +2,7 @@
 
 use burn::tensor::{DType, Tensor};
 
+use crate::ops::portable::{replicate_pad_front, replicate_pad_hw};
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
@@ -97,7 +98,19 @@ impl<B: FramePackBackend> CausalConv3d<B> {
         if k == 1 {
             return self.conv.forward(x);
         }
-        let x = replicate_pad_hw(x, k / 2);
+        let Some(tail) = tail else {
+            // Self-contained: the backend pads and convolves in one go.
+            let c = &self.conv;
+            return B::conv3d_replicate_padded(
+                x,
+                c.weight.clone(),
+                c.bias.clone(),
+                c.stride,
+                [k - 1, k / 2, k / 2],
+            );
+        };
+        let tail = Some(tail);
+        let x = replicate_pad_hw(x, k / 2, k / 2);
         let previous = tail.as_ref().and_then(|t| t.as_ref()).cloned();
         let x = match previous {
             Some(previous) => Tensor::cat(vec![previous, x], 2),
@@ -110,28 +123,6 @@ impl<B: FramePackBackend> CausalConv3d<B> {
         }
         self.conv.forward(x)
     }
-}
-
-/// Repeats the first frame `n` times in front of `x` (`F.pad(..., mode="replicate")` in time).
-fn replicate_pad_front<B: FramePackBackend>(x: Tensor<B, 5>, n: usize) -> Tensor<B, 5> {
-    let [b, c, _, h, w] = x.dims();
-    let first = x.clone().narrow(2, 0, 1).expand([b, c, n, h, w]);
-    Tensor::cat(vec![first, x], 2)
-}
-
-/// Replicate padding of `p` rows and columns on every side of height and width.
-fn replicate_pad_hw<B: FramePackBackend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
-    if p == 0 {
-        return x;
-    }
-    let [b, c, t, h, w] = x.dims();
-    let top = x.clone().narrow(3, 0, 1).expand([b, c, t, p, w]);
-    let bottom = x.clone().narrow(3, h - 1, 1).expand([b, c, t, p, w]);
-    let x = Tensor::cat(vec![top, x, bottom], 3);
-    let h = h + 2 * p;
-    let left = x.clone().narrow(4, 0, 1).expand([b, c, t, h, p]);
-    let right = x.clone().narrow(4, w - 1, 1).expand([b, c, t, h, p]);
-    Tensor::cat(vec![left, x, right], 4)
 }
 
 /// Nearest-neighbour upsampling by integer factors `(t, h, w)`: every value repeated, as
@@ -165,7 +156,7 @@ mod tests {
     #[test]
     fn replicate_padding_repeats_edges() {
         let x = seq([1, 1, 2, 2, 3]);
-        let y = replicate_pad_front(replicate_pad_hw(x, 1), 2);
+        let y = replicate_pad_front(replicate_pad_hw(x, 1, 1), 2);
         assert_eq!(y.dims(), [1, 1, 4, 4, 5]);
         let v: Vec<f32> = y.into_data().to_vec().unwrap();
         // frame 0 (a copy of input frame 0), first padded row = input row 0 with edges.

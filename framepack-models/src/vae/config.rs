@@ -247,6 +247,12 @@ pub struct VaeTiling {
     pub tile_sample_stride_width: usize,
     /// Temporal tile stride in pixel frames (12).
     pub tile_sample_stride_num_frames: usize,
+    /// Hand the backend's unused device buffers back (`memory_cleanup`) after each tile and,
+    /// in the decoder, after each resnet and upsampler; off by default. The low-VRAM mode's
+    /// exact-size allocations keep one buffer per size they have seen until then, and a
+    /// decode makes buffers of many sizes: without this, one section's decode grew the
+    /// device's use to 60 GiB. Costs re-allocations.
+    pub release_buffers: bool,
 }
 
 impl Default for VaeTiling {
@@ -261,6 +267,7 @@ impl Default for VaeTiling {
             tile_sample_stride_height: 192,
             tile_sample_stride_width: 192,
             tile_sample_stride_num_frames: 12,
+            release_buffers: false,
         }
     }
 }
@@ -272,10 +279,12 @@ impl VaeTiling {
     }
 
     /// Temporal and spatial tiling with the default tile sizes (FramePack's low-VRAM mode,
-    /// `vae.enable_tiling()`).
+    /// `vae.enable_tiling()`), releasing device buffers as it goes
+    /// ([`VaeTiling::release_buffers`]).
     pub fn low_vram() -> Self {
         Self {
             use_tiling: true,
+            release_buffers: true,
             ..Self::default()
         }
     }

@@ -23,7 +23,9 @@ pub struct Upsampler<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> Upsampler<B> {
-    fn forward(&self, x: Tensor<B, 5>, tail: Option<&mut Tail<B>>) -> Tensor<B, 5> {
+    /// `release`: hand the upsampling's unused device buffers back before the convolution
+    /// ([`VaeTiling::release_buffers`](super::VaeTiling::release_buffers)).
+    fn forward(&self, x: Tensor<B, 5>, tail: Option<&mut Tail<B>>, release: bool) -> Tensor<B, 5> {
         let [ft, fh, fw] = self.factor;
         let stream_started = matches!(tail.as_deref(), Some(Some(_)));
         let frames = x.dims()[2];
@@ -36,6 +38,9 @@ impl<B: FramePackBackend> Upsampler<B> {
             let rest = upsample_nearest(x.narrow(2, 1, frames - 1), self.factor);
             Tensor::cat(vec![first, rest], 2)
         };
+        if release {
+            B::memory_cleanup(&x.device());
+        }
         self.conv.forward(x, tail)
     }
 }
@@ -56,23 +61,36 @@ pub(crate) struct UpBlockState<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> UpBlock<B> {
-    fn forward(&self, mut x: Tensor<B, 5>, state: Option<&mut UpBlockState<B>>) -> Tensor<B, 5> {
+    /// `release`: hand the unused device buffers back after each resnet and the upsampler
+    /// ([`VaeTiling::release_buffers`](super::VaeTiling::release_buffers)).
+    fn forward(
+        &self,
+        mut x: Tensor<B, 5>,
+        state: Option<&mut UpBlockState<B>>,
+        release: bool,
+    ) -> Tensor<B, 5> {
+        let released = |x: Tensor<B, 5>| {
+            if release {
+                B::memory_cleanup(&x.device());
+            }
+            x
+        };
         match state {
             Some(state) => {
                 for (resnet, tails) in self.resnets.iter().zip(&mut state.resnets) {
-                    x = resnet.forward(x, Some(tails));
+                    x = released(resnet.forward_releasing(x, Some(tails), release));
                 }
                 match &self.upsampler {
-                    Some(up) => up.forward(x, Some(&mut state.upsampler)),
+                    Some(up) => released(up.forward(x, Some(&mut state.upsampler), release)),
                     None => x,
                 }
             }
             None => {
                 for resnet in &self.resnets {
-                    x = resnet.forward(x, None);
+                    x = released(resnet.forward_releasing(x, None, release));
                 }
                 match &self.upsampler {
-                    Some(up) => up.forward(x, None),
+                    Some(up) => released(up.forward(x, None, release)),
                     None => x,
                 }
             }
@@ -94,6 +112,8 @@ pub struct Decoder<B: FramePackBackend> {
     up_blocks: Vec<UpBlock<B>>,
     conv_norm_out: GroupNorm<B>,
     conv_out: CausalConv3d<B>,
+    /// Set from [`VaeTiling::release_buffers`](super::VaeTiling::release_buffers).
+    pub(super) release_buffers: bool,
 }
 
 /// Everything a streamed decode carries between calls: the tail of every causal conv and
@@ -192,6 +212,7 @@ impl<B: FramePackBackend> Decoder<B> {
                 [1; 3],
                 dtype,
             )?,
+            release_buffers: false,
         })
     }
 
@@ -225,7 +246,7 @@ impl<B: FramePackBackend> Decoder<B> {
                 let mut x = self.conv_in.forward(x, Some(&mut s.conv_in));
                 x = self.mid_block.forward(x, Some(&mut s.mid_block));
                 for (block, block_state) in self.up_blocks.iter().zip(&mut s.up_blocks) {
-                    x = block.forward(x, Some(block_state));
+                    x = block.forward(x, Some(block_state), self.release_buffers);
                 }
                 self.conv_out
                     .forward(self.conv_norm_out.forward_silu(x), Some(&mut s.conv_out))
@@ -234,7 +255,7 @@ impl<B: FramePackBackend> Decoder<B> {
                 let mut x = self.conv_in.forward(x, None);
                 x = self.mid_block.forward(x, None);
                 for block in &self.up_blocks {
-                    x = block.forward(x, None);
+                    x = block.forward(x, None, self.release_buffers);
                 }
                 self.conv_out
                     .forward(self.conv_norm_out.forward_silu(x), None)

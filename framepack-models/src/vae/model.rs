@@ -25,6 +25,7 @@ use crate::weights::{TensorSource, WeightError};
 /// [`VaeTiling`]), so they give the reference's numbers, tiling seams included.
 /// [`HunyuanVideoVae::cached_decoder`] is a streamed alternative that never decodes a frame
 /// twice (see [`CachedDecoder`]).
+#[derive(Debug, Clone)]
 pub struct HunyuanVideoVae<B: FramePackBackend> {
     pub(super) config: VaeConfig,
     pub(super) dtype: DType,
@@ -107,8 +108,32 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
         tiling
             .validate(&self.config)
             .map_err(|reason| ModelError::input("tiling", reason))?;
+        self.decoder.release_buffers = tiling.release_buffers;
         self.tiling = tiling;
         Ok(())
+    }
+
+    /// A conservative estimate, in bytes, of the device memory a [`HunyuanVideoVae::decode`]
+    /// of latents `[batch, 16, t, h, w]` takes without spatial tiling: twelve activations of
+    /// the widest stage at full resolution (`block_out_channels[1]` channels, the last
+    /// upsampler's) over one temporal chunk. The pipeline's resident mode tiles a decode when
+    /// the free memory is below it.
+    pub fn untiled_decode_bytes(&self, latents: [usize; 5]) -> u64 {
+        let [batch, _, t, h, w] = latents;
+        let (s, r) = (
+            self.config.spatial_compression_ratio,
+            self.config.temporal_compression_ratio,
+        );
+        let chunk = self.tiling.tile_sample_min_num_frames / r;
+        let latents = if self.tiling.use_framewise_decoding && t > chunk {
+            chunk + 1
+        } else {
+            t
+        };
+        let frames = latents.saturating_sub(1) * r + 1;
+        let channels = self.config.block_out_channels.get(1).copied().unwrap_or(0);
+        let bytes = batch * frames * h * s * w * s * channels * self.dtype.size();
+        12 * bytes as u64
     }
 
     /// The scaling factor (0.476986).
@@ -257,14 +282,23 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
         }
     }
 
-    /// `quant_conv(encoder(x))` in one pass.
+    /// `quant_conv(encoder(x))` in one pass (one tile of a tiled encode).
     pub(super) fn encode_direct(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.quant_conv.forward(self.encoder.forward(x))
+        self.release_tile_buffers(self.quant_conv.forward(self.encoder.forward(x)))
     }
 
-    /// `decoder(post_quant_conv(z))` in one pass.
+    /// `decoder(post_quant_conv(z))` in one pass (one tile of a tiled decode).
     pub(super) fn decode_direct(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.decoder.forward(self.post_quant_conv.forward(z), None)
+        self.release_tile_buffers(self.decoder.forward(self.post_quant_conv.forward(z), None))
+    }
+
+    /// Returns a tile's output after handing the device buffers its computation left unused
+    /// back to the device, when [`VaeTiling::release_buffers`] asks for it.
+    fn release_tile_buffers(&self, tile: Tensor<B, 5>) -> Tensor<B, 5> {
+        if self.tiling.release_buffers {
+            B::memory_cleanup(&tile.device());
+        }
+        tile
     }
 }
 

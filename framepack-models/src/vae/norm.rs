@@ -40,25 +40,24 @@ impl<B: FramePackBackend> GroupNorm<B> {
 
     /// Normalises `x` `[batch, channels, t, h, w]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let dtype = x.dtype();
-        let [b, c, t, h, w] = x.dims();
-        let g = self.groups;
-        let x = x.cast(DType::F32);
-        let grouped = x.clone().reshape([b, g, (c / g) * t * h * w]);
-        let mean = grouped.clone().mean_dim(2);
-        let var = (grouped - mean.clone()).powi_scalar(2).mean_dim(2);
-        let rstd = var.add_scalar(self.eps).sqrt().recip();
-        let per_channel = |v: Tensor<B, 3>| v.expand([b, g, c / g]).reshape([b, c]);
-        let scale = per_channel(rstd) * self.weight.clone().cast(DType::F32).unsqueeze::<2>();
-        let shift =
-            self.bias.clone().cast(DType::F32).unsqueeze::<2>() - per_channel(mean) * scale.clone();
-        let y = x * scale.reshape([b, c, 1, 1, 1]) + shift.reshape([b, c, 1, 1, 1]);
-        y.cast(dtype)
+        self.run(x, false)
     }
 
     /// `SiLU(GroupNorm(x))`, the pre-activation of every resnet conv and of `conv_out`; the
     /// SiLU runs on the rounded normalisation, as in the reference.
     pub fn forward_silu(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        B::silu(self.forward(x))
+        self.run(x, true)
+    }
+
+    fn run(&self, x: Tensor<B, 5>, silu: bool) -> Tensor<B, 5> {
+        let dtype = x.dtype();
+        B::group_norm(
+            x,
+            self.weight.clone().cast(dtype),
+            self.bias.clone().cast(dtype),
+            self.groups,
+            self.eps,
+            silu,
+        )
     }
 }

@@ -91,14 +91,32 @@ impl<B: FramePackBackend> ResnetBlock<B> {
         x: Tensor<B, 5>,
         tails: Option<&mut ResnetTails<B>>,
     ) -> Tensor<B, 5> {
+        self.forward_releasing(x, tails, false)
+    }
+
+    /// [`ResnetBlock::forward`], handing the device's unused buffers back after each
+    /// convolution when `release` ([`VaeTiling::release_buffers`](super::VaeTiling)).
+    pub(crate) fn forward_releasing(
+        &self,
+        x: Tensor<B, 5>,
+        tails: Option<&mut ResnetTails<B>>,
+        release: bool,
+    ) -> Tensor<B, 5> {
+        let released = |h: Tensor<B, 5>| {
+            if release {
+                B::memory_cleanup(&h.device());
+            }
+            h
+        };
         let (tail1, tail2) = match tails {
             Some(t) => (Some(&mut t.conv1), Some(&mut t.conv2)),
             None => (None, None),
         };
-        let h = self
-            .conv1
-            .forward(self.norm1.forward_silu(x.clone()), tail1);
-        let h = self.conv2.forward(self.norm2.forward_silu(h), tail2);
+        let h = released(
+            self.conv1
+                .forward(self.norm1.forward_silu(x.clone()), tail1),
+        );
+        let h = released(self.conv2.forward(self.norm2.forward_silu(h), tail2));
         let residual = match &self.conv_shortcut {
             Some(shortcut) => shortcut.forward(x, None),
             None => x,
