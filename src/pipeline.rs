@@ -1225,9 +1225,9 @@ impl<B: FramePackBackend> Pipeline<B> {
     }
 }
 
-/// Decodes the latents a finished section names (spec §2.5) and joins them to the clip.
-/// Decodes the section of `event` into `clip`, with `tiled` (the VAE with spatial tiling) when
-/// the device's free memory is below `vae`'s estimate for an untiled decode.
+/// Decodes the latents a finished section names (spec §2.5) and joins them to the clip; with
+/// `tiled` (the VAE with spatial tiling) when the device's free memory is below `vae`'s
+/// estimate for an untiled decode.
 fn decode_section<B: FramePackBackend>(
     vae: &HunyuanVideoVae<B>,
     tiled: Option<&HunyuanVideoVae<B>>,

@@ -5,8 +5,11 @@
 //!
 //! ```sh
 //! cargo build --release -p framepack-models --features cuda --example cuda_bench
-//! cuda_bench [--iters N] [--reference /path/weights.safetensors]
+//! cuda_bench [--iters N] [--reference /path/weights.safetensors] [--skip-ops]
+//!            [--fp8 [--fp8-control]] [--memory-modes] [--vae]
 //! ```
+//! `--fp8`: the same weights with FP8 block weights, expanded and (where cuBLASLt offers it)
+//! on FP8 tensor cores; `--fp8-control` adds a dense model holding the FP8-rounded weights.
 //! `--reference` takes the files written by `../shared/perf/ref_transformer.py` with `SAVE=`:
 //! the weights, and `<path>.io.safetensors` with the inputs and the reference output (or by
 //! `tools/cuda/ref_fp8.py`, which adds PyTorch's output on FP8-rounded block weights, compared

@@ -226,3 +226,33 @@ fn wrong_inputs_are_errors_naming_the_argument() {
     vae.set_tiling(VaeTiling::reference()).unwrap();
     assert_eq!(vae.encode(thin).unwrap().dims(), [1, 16, 1, 1, 7]);
 }
+
+/// Releasing the pool's unused buffers between tiles and layers (the low-VRAM tiling) changes
+/// no value; the estimate of an untiled decode's memory follows the temporal chunking: twelve
+/// activations of the widest full-resolution stage (16 channels here, fp32) over the frames
+/// of one chunk (a whole 3-latent decode: 9 frames; 9 latents in 5-latent chunks: 17).
+#[test]
+fn released_buffers_change_nothing_and_the_decode_estimate() {
+    let io = io();
+    let mut vae = load(DType::F32);
+    vae.set_tiling(reduced_spatial()).unwrap();
+    let z = t5(&io, "dec_sp_z");
+    let kept = vae.decode(z.clone()).unwrap().into_data();
+    vae.set_tiling(VaeTiling {
+        release_buffers: true,
+        ..reduced_spatial()
+    })
+    .unwrap();
+    let released = vae.decode(z).unwrap().into_data();
+    assert_eq!(kept, released);
+
+    let pixels = 40 * 56;
+    assert_eq!(
+        vae.untiled_decode_bytes([1, 16, 3, 5, 7]),
+        12 * 9 * pixels * 16 * 4
+    );
+    assert_eq!(
+        vae.untiled_decode_bytes([1, 16, 9, 5, 7]),
+        12 * 17 * pixels * 16 * 4
+    );
+}

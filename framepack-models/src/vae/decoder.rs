@@ -38,10 +38,7 @@ impl<B: FramePackBackend> Upsampler<B> {
             let rest = upsample_nearest(x.narrow(2, 1, frames - 1), self.factor);
             Tensor::cat(vec![first, rest], 2)
         };
-        if release {
-            B::memory_cleanup(&x.device());
-        }
-        self.conv.forward(x, tail)
+        self.conv.forward(super::released(x, release), tail)
     }
 }
 
@@ -69,12 +66,7 @@ impl<B: FramePackBackend> UpBlock<B> {
         state: Option<&mut UpBlockState<B>>,
         release: bool,
     ) -> Tensor<B, 5> {
-        let released = |x: Tensor<B, 5>| {
-            if release {
-                B::memory_cleanup(&x.device());
-            }
-            x
-        };
+        let released = |x| super::released(x, release);
         match state {
             Some(state) => {
                 for (resnet, tails) in self.resnets.iter().zip(&mut state.resnets) {

@@ -37,3 +37,16 @@ pub use model::HunyuanVideoVae;
 pub use norm::GroupNorm;
 pub use posterior::Posterior;
 pub use resnet::ResnetBlock;
+
+use burn::tensor::Tensor;
+
+use crate::ops::FramePackBackend;
+
+/// Returns `x` after handing the backend's unused device buffers back when `release`
+/// ([`VaeTiling::release_buffers`]): what a tile or layer left behind goes before the next one.
+fn released<B: FramePackBackend>(x: Tensor<B, 5>, release: bool) -> Tensor<B, 5> {
+    if release {
+        B::memory_cleanup(&x.device());
+    }
+    x
+}

@@ -284,21 +284,14 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
 
     /// `quant_conv(encoder(x))` in one pass (one tile of a tiled encode).
     pub(super) fn encode_direct(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.release_tile_buffers(self.quant_conv.forward(self.encoder.forward(x)))
+        let moments = self.quant_conv.forward(self.encoder.forward(x));
+        super::released(moments, self.tiling.release_buffers)
     }
 
     /// `decoder(post_quant_conv(z))` in one pass (one tile of a tiled decode).
     pub(super) fn decode_direct(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.release_tile_buffers(self.decoder.forward(self.post_quant_conv.forward(z), None))
-    }
-
-    /// Returns a tile's output after handing the device buffers its computation left unused
-    /// back to the device, when [`VaeTiling::release_buffers`] asks for it.
-    fn release_tile_buffers(&self, tile: Tensor<B, 5>) -> Tensor<B, 5> {
-        if self.tiling.release_buffers {
-            B::memory_cleanup(&tile.device());
-        }
-        tile
+        let pixels = self.decoder.forward(self.post_quant_conv.forward(z), None);
+        super::released(pixels, self.tiling.release_buffers)
     }
 }
 

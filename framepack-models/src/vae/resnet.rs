@@ -102,12 +102,7 @@ impl<B: FramePackBackend> ResnetBlock<B> {
         tails: Option<&mut ResnetTails<B>>,
         release: bool,
     ) -> Tensor<B, 5> {
-        let released = |h: Tensor<B, 5>| {
-            if release {
-                B::memory_cleanup(&h.device());
-            }
-            h
-        };
+        let released = |h| super::released(h, release);
         let (tail1, tail2) = match tails {
             Some(t) => (Some(&mut t.conv1), Some(&mut t.conv2)),
             None => (None, None),
