@@ -109,18 +109,16 @@ impl<B: FramePackBackend> CausalConv3d<B> {
                 [k - 1, k / 2, k / 2],
             );
         };
-        let tail = Some(tail);
+        // Streamed: the previous call's tail (or, on the first call, replicate padding) in
+        // front, and this call's last frames kept as the next tail.
         let x = replicate_pad_hw(x, k / 2, k / 2);
-        let previous = tail.as_ref().and_then(|t| t.as_ref()).cloned();
-        let x = match previous {
+        let x = match tail.clone() {
             Some(previous) => Tensor::cat(vec![previous, x], 2),
             None => replicate_pad_front(x, k - 1),
         };
-        if let Some(tail) = tail {
-            let frames = x.dims()[2];
-            // A copy, not a view: a view would keep this call's whole input alive.
-            *tail = Some(x.clone().narrow(2, frames - (k - 1), k - 1).mul_scalar(1.0));
-        }
+        let frames = x.dims()[2];
+        // A copy, not a view: a view would keep this call's whole input alive.
+        *tail = Some(x.clone().narrow(2, frames - (k - 1), k - 1).mul_scalar(1.0));
         self.conv.forward(x)
     }
 }
