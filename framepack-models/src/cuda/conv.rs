@@ -20,8 +20,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use super::engine::Engine;
 use super::gemm::{Epilogue, GemmCall, GemmType};
 use super::{
-    elementwise_blocks, empty, engine_for, grid, launch_err, pad_to, prim, run, wrap, CudaBackend,
-    Prim,
+    elementwise_blocks, empty, engine_for, grid, kernel_dtype, launch_err, pad_to, prim, run, wrap,
+    CudaBackend, Prim,
 };
 
 /// Largest fp32 accumulator of one batch of GEMMs (bytes): the extra memory a convolution
@@ -168,11 +168,7 @@ fn conv_channels_last(
     let (h_out, w_out) = ((h1 - 1) / sh + 1, (w1 - 1) / sw + 1);
     // Channels-last output, written chunk by chunk by the epilogue kernel.
     let out = empty([batch, frames_out, h_out, w_out, cout], dtype, &device);
-    let kind: i32 = match dtype {
-        DType::BF16 => 0,
-        DType::F16 => 1,
-        _ => 2,
-    };
+    let kind = kernel_dtype(dtype)?;
     let frame_values = h_out * w_out * cout;
     for b in 0..batch {
         let mut first = 0;

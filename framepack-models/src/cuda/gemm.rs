@@ -31,6 +31,18 @@ pub(crate) enum Epilogue {
     Gelu,
 }
 
+impl Epilogue {
+    /// The epilogue of a dense layer with or without GELU and bias.
+    pub(crate) fn of(gelu: bool, bias: bool) -> Self {
+        match (gelu, bias) {
+            (false, false) => Self::None,
+            (false, true) => Self::Bias,
+            (true, true) => Self::GeluBias,
+            (true, false) => Self::Gelu,
+        }
+    }
+}
+
 /// Element type of all operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum GemmType {

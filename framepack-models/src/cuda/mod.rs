@@ -174,6 +174,18 @@ fn launch_err(e: cudarc::driver::DriverError) -> String {
     format!("kernel launch: {e:?}")
 }
 
+/// `kernels.cu`'s code for an element type (`half_store`'s `is_f16`, `conv_epilogue`'s `kind`).
+const KERNEL_F32: i32 = 2;
+
+fn kernel_dtype(dtype: DType) -> Option<i32> {
+    match dtype {
+        DType::BF16 => Some(0),
+        DType::F16 => Some(1),
+        DType::F32 => Some(KERNEL_F32),
+        _ => None,
+    }
+}
+
 /// Grid of `blocks` blocks of `threads` threads.
 fn grid(blocks: usize, threads: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
@@ -211,12 +223,7 @@ fn dense_tuned<const D: usize>(
     let wp = prim(weight.clone());
     let bp = bias.clone().map(prim);
     let out = empty([m, n], dtype, &device);
-    let epilogue = match (gelu, bp.is_some()) {
-        (false, false) => Epilogue::None,
-        (false, true) => Epilogue::Bias,
-        (true, true) => Epilogue::GeluBias,
-        (true, false) => Epilogue::Gelu,
-    };
+    let epilogue = Epilogue::of(gelu, bp.is_some());
     let mut tensors = vec![&xp, &wp, &out];
     if let Some(b) = &bp {
         tensors.push(b);
@@ -257,7 +264,10 @@ fn dense_fp8_tuned<const D: usize>(
     }
     let device = x.device();
     let engine = engine_for(&device)?;
-    engine.kernels.as_ref()?;
+    // Cached: where cuBLASLt has no FP8 algorithm, fall back before any allocation or sync.
+    if !fp8_tensor_cores_available(&device) {
+        return None;
+    }
     let bf16 = DType::BF16;
     if x.dtype() != bf16
         || weight.dtype != bf16
@@ -280,12 +290,7 @@ fn dense_fp8_tuned<const D: usize>(
     let x_codes = empty([m, k], DType::U8, &device);
     let x_scales = empty([m], DType::F32, &device);
     let out = empty([m, n], bf16, &device);
-    let epilogue = match (gelu, bp.is_some()) {
-        (false, false) => Epilogue::None,
-        (false, true) => Epilogue::Bias,
-        (true, true) => Epilogue::GeluBias,
-        (true, false) => Epilogue::Gelu,
-    };
+    let epilogue = Epilogue::of(gelu, bp.is_some());
     let mut tensors = vec![&xp, &codes, &scales, &x_codes, &x_scales, &out];
     if let Some(b) = &bp {
         tensors.push(b);
@@ -650,11 +655,7 @@ fn group_norm_tuned(
     let engine = engine_for(&device)?;
     engine.kernels.as_ref()?;
     let dtype = x.dtype();
-    let is_f16: i32 = match dtype {
-        DType::F16 => 1,
-        DType::BF16 => 0,
-        _ => return None,
-    };
+    let is_f16 = kernel_dtype(dtype).filter(|&k| k != KERNEL_F32)?;
     let dims = x.dims();
     let [batch, channels, t, h, w] = dims;
     if weight.dtype() != dtype

@@ -132,7 +132,9 @@ impl<'a, B: FramePackBackend> CachedDecoder<'a, B> {
         };
         let z = vae.post_quant_conv.forward(z.cast(vae.dtype));
         let out = match &stream.grid {
-            None => vae.decoder.forward(z, Some(&mut stream.states[0])),
+            None => vae
+                .decoder
+                .forward(z, Some(&mut stream.states[0]), vae.tiling.release_buffers),
             Some(grid) => {
                 let mut states = stream.states.iter_mut();
                 let rows = grid
@@ -143,7 +145,8 @@ impl<'a, B: FramePackBackend> CachedDecoder<'a, B> {
                             .zip(states.by_ref())
                             .map(|((i, h, j, w), state)| {
                                 let tile = z.clone().narrow(3, i, h).narrow(4, j, w);
-                                vae.decoder.forward(tile, Some(state))
+                                vae.decoder
+                                    .forward(tile, Some(state), vae.tiling.release_buffers)
                             })
                             .collect()
                     })

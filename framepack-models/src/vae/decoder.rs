@@ -104,8 +104,6 @@ pub struct Decoder<B: FramePackBackend> {
     up_blocks: Vec<UpBlock<B>>,
     conv_norm_out: GroupNorm<B>,
     conv_out: CausalConv3d<B>,
-    /// Set from [`VaeTiling::release_buffers`](super::VaeTiling::release_buffers).
-    pub(super) release_buffers: bool,
 }
 
 /// Everything a streamed decode carries between calls: the tail of every causal conv and
@@ -204,7 +202,6 @@ impl<B: FramePackBackend> Decoder<B> {
                 [1; 3],
                 dtype,
             )?,
-            release_buffers: false,
         })
     }
 
@@ -227,18 +224,21 @@ impl<B: FramePackBackend> Decoder<B> {
     }
 
     /// Latents (after `post_quant_conv`) → pixels, as one self-contained call (`state`
-    /// `None`) or as the next call of a streamed decode.
+    /// `None`) or as the next call of a streamed decode; `release`: the up blocks hand the
+    /// unused device buffers back as they go
+    /// ([`VaeTiling::release_buffers`](super::VaeTiling::release_buffers)).
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 5>,
         state: Option<&mut DecoderState<B>>,
+        release: bool,
     ) -> Tensor<B, 5> {
         match state {
             Some(s) => {
                 let mut x = self.conv_in.forward(x, Some(&mut s.conv_in));
                 x = self.mid_block.forward(x, Some(&mut s.mid_block));
                 for (block, block_state) in self.up_blocks.iter().zip(&mut s.up_blocks) {
-                    x = block.forward(x, Some(block_state), self.release_buffers);
+                    x = block.forward(x, Some(block_state), release);
                 }
                 self.conv_out
                     .forward(self.conv_norm_out.forward_silu(x), Some(&mut s.conv_out))
@@ -247,7 +247,7 @@ impl<B: FramePackBackend> Decoder<B> {
                 let mut x = self.conv_in.forward(x, None);
                 x = self.mid_block.forward(x, None);
                 for block in &self.up_blocks {
-                    x = block.forward(x, None, self.release_buffers);
+                    x = block.forward(x, None, release);
                 }
                 self.conv_out
                     .forward(self.conv_norm_out.forward_silu(x), None)

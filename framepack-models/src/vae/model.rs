@@ -108,7 +108,6 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
         tiling
             .validate(&self.config)
             .map_err(|reason| ModelError::input("tiling", reason))?;
-        self.decoder.release_buffers = tiling.release_buffers;
         self.tiling = tiling;
         Ok(())
     }
@@ -290,8 +289,11 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
 
     /// `decoder(post_quant_conv(z))` in one pass (one tile of a tiled decode).
     pub(super) fn decode_direct(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
-        let pixels = self.decoder.forward(self.post_quant_conv.forward(z), None);
-        super::released(pixels, self.tiling.release_buffers)
+        let release = self.tiling.release_buffers;
+        let pixels = self
+            .decoder
+            .forward(self.post_quant_conv.forward(z), None, release);
+        super::released(pixels, release)
     }
 }
 
