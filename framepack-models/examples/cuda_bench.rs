@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use framepack_models::cuda::{
-    device_report, engine_summary, fp8_tensor_cores_available, fp8_tensor_cores_check, pool_usage,
-    set_fp8_tensor_cores, set_hopper_attention, CudaBackend as B, CudaDevice,
+    attention_kernels, device_report, engine_summary, fp8_tensor_cores_available,
+    fp8_tensor_cores_check, pool_usage, set_attention_kernel, set_fp8_tensor_cores, time_kernels,
+    CudaBackend as B, CudaDevice,
 };
 use framepack_models::fp8::Fp8Host;
 use framepack_models::nn::WeightFormat;
@@ -41,6 +42,21 @@ use bench::{default_inputs, peak_rss, print_table, time, Args, FORWARD_FLOPS};
 
 fn randn<const D: usize>(shape: [usize; D], device: &CudaDevice) -> Tensor<B, D> {
     bench::randn(shape, device, DType::BF16)
+}
+
+/// "op time, rate | kernel time, rate": the op as the model calls it (host round trips
+/// included, median of `iters`) and its kernels alone (CUDA events around `iters` back-to-back
+/// launches, as PyTorch is timed).
+fn op_and_kernel(iters: usize, device: &CudaDevice, flops: f64, mut op: impl FnMut()) -> String {
+    let t = time::<B>(iters, device, &mut op);
+    let ((), kernel) = time_kernels(iters, &mut op);
+    format!(
+        "{:.3} ms, {:.0} TFLOP/s | kernels {:.3} ms, {:.0} TFLOP/s",
+        t * 1e3,
+        flops / t / 1e12,
+        kernel.seconds * 1e3,
+        flops / kernel.seconds / 1e12
+    )
 }
 
 fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
@@ -73,7 +89,8 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
         let x = randn([1, m, k], device);
         let w = randn([n, k], device).mul_scalar(0.02);
         let b = randn([n], device);
-        let t = time::<B>(iters, device, || {
+        let flops = 2.0 * (m * k * n) as f64;
+        let rate = op_and_kernel(iters, device, flops, || {
             let y = if gelu {
                 B::dense_gelu(x.clone(), w.clone(), Some(b.clone()))
             } else {
@@ -81,11 +98,7 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
             };
             drop(y);
         });
-        let tflops = 2.0 * (m * k * n) as f64 / t / 1e12;
-        rows.push((
-            name.to_string(),
-            format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
-        ));
+        rows.push((name.to_string(), rate));
         // The same product on FP8 tensor cores (activations quantised by our kernel first,
         // inside the time).
         if fp8_tensor_cores_available(device) {
@@ -97,33 +110,26 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
                 .expect("values");
             let mut w8 = Fp8Host::quantize(&values, [n, k]).upload::<B>(device, DType::BF16);
             w8.tensor_cores = true;
-            let t = time::<B>(iters, device, || {
+            let rate = op_and_kernel(iters, device, flops, || {
                 drop(B::dense_fp8(x.clone(), &w8, Some(b.clone()), gelu))
             });
-            let tflops = 2.0 * (m * k * n) as f64 / t / 1e12;
-            rows.push((
-                format!("{name}, FP8 tensor cores"),
-                format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
-            ));
+            rows.push((format!("{name}, FP8 tensor cores"), rate));
         }
     }
-    for (hopper, kernel) in [(false, "mma.sync"), (true, "default")] {
-        set_hopper_attention(hopper);
+    for kernel in attention_kernels(device) {
+        set_attention_kernel(Some(kernel));
         for seq in [4096usize, 18261] {
             let q = randn([1, seq, 24, 128], device);
             let k = randn([1, seq, 24, 128], device);
             let v = randn([1, seq, 24, 128], device);
-            let t = time::<B>(iters, device, || {
+            let flops = 4.0 * (seq * seq * 128 * 24) as f64;
+            let rate = op_and_kernel(iters, device, flops, || {
                 drop(B::attend(q.clone(), k.clone(), v.clone(), None))
             });
-            let tflops = 4.0 * (seq * seq * 128 * 24) as f64 / t / 1e12;
-            rows.push((
-                format!("attention ({kernel}) 24 heads x {seq} x 128"),
-                format!("{:.3} ms, {tflops:.0} TFLOP/s", t * 1e3),
-            ));
+            rows.push((format!("attention {kernel} 24 heads x {seq} x 128"), rate));
         }
     }
-    set_hopper_attention(true);
+    set_attention_kernel(None);
     let x = randn([1, 17500, 3072], device);
     let shift = randn([1, 1, 3072], device);
     let scale = randn([1, 1, 3072], device);

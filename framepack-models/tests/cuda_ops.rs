@@ -5,7 +5,8 @@
 
 use burn::tensor::{DType, Distribution, Tensor};
 use framepack_models::cuda::{
-    engine_summary, set_hopper_attention, set_tuned_kernels, CudaBackend as B, CudaDevice,
+    attention_kernels, engine_summary, set_attention_kernel, set_hopper_attention,
+    set_tuned_kernels, time_kernels, CudaBackend as B, CudaDevice,
 };
 use framepack_models::FramePackBackend;
 use std::sync::Mutex;
@@ -32,21 +33,15 @@ fn both<const D: usize>(f: impl Fn() -> Tensor<B, D>) -> (Tensor<B, D>, Tensor<B
     (tuned, portable)
 }
 
-/// The attention kernels against burn's attention on the same values in fp32 (burn's own bf16
-/// attention rounds the scores, so it is not the reference here).
-fn attention_vs_fp32(
-    q: &Tensor<B, 4>,
-    k: &Tensor<B, 4>,
-    v: &Tensor<B, 4>,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+/// burn's attention on the values in fp32, the reference of the attention kernels (burn's own
+/// bf16 attention rounds the scores, so it is not the reference here).
+fn attention_fp32(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>) -> Tensor<B, 4> {
     let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    set_tuned_kernels(true);
-    let tuned = B::attend(q.clone(), k.clone(), v.clone(), None).cast(DType::F32);
     set_tuned_kernels(false);
     let f32 = |t: &Tensor<B, 4>| t.clone().cast(DType::F32);
     let exact = B::attend(f32(q), f32(k), f32(v), None);
     set_tuned_kernels(true);
-    (tuned, exact)
+    exact
 }
 
 /// Relative L2 error of `tuned` against `reference` (both fp32); panics on NaN.
@@ -121,48 +116,75 @@ fn dense_matches_portable() {
 }
 
 #[test]
-fn flash_attention_matches_portable() {
-    println!("{}", engine_summary(0));
-    // Both kernels: the Hopper one (where the GPU has it) and the sm_80 one.
-    for hopper in [true, false] {
-        set_hopper_attention(hopper);
-        attention_cases(if hopper {
-            "default kernel"
-        } else {
-            "sm_80 kernel"
-        });
-    }
-    set_hopper_attention(true);
+fn kernel_timer_repeats_without_changing_outputs() {
+    let x = randn([1, 500, 256], 1.0).cast(DType::BF16);
+    let w = randn([384, 256], 0.05).cast(DType::BF16);
+    let plain = B::dense(x.clone(), w.clone(), None);
+    let (timed, time) = time_kernels(5, || {
+        let y = B::dense(x.clone(), w.clone(), None);
+        B::gelu_tanh(y)
+    });
+    assert_eq!(time.ops, 2, "a product and a GELU: {time:?}");
+    assert!(time.seconds > 0.0 && time.seconds < 1.0, "{time:?}");
+    let expected = B::gelu_tanh(plain);
+    let diff: f32 = (timed.cast(DType::F32) - expected.cast(DType::F32))
+        .abs()
+        .max()
+        .into_scalar();
+    assert_eq!(diff, 0.0, "repeating the kernels changed the output");
+    // Outside a timer nothing is repeated or counted.
+    let ((), idle) = time_kernels(0, || ());
+    assert_eq!(idle.ops, 0);
 }
 
-fn attention_cases(kernel: &str) {
-    // Not a multiple of the 128-row / 64-key tiles, to exercise the edges.
-    for (seq_q, seq_k) in [(333, 333), (1000, 1000), (64, 700)] {
-        let q = randn([1, seq_q, 3, 128], 1.0);
-        let k = randn([1, seq_k, 3, 128], 1.0);
-        let v = randn([1, seq_k, 3, 128], 1.0);
-        check(
-            &format!("{kernel}: attention {seq_q}x{seq_k}"),
-            attention_vs_fp32(&q, &k, &v),
-            1e-2,
-        );
-    }
-    let q = randn([2, 200, 2, 128], 2.0);
-    let k = randn([2, 257, 2, 128], 2.0);
-    let v = randn([2, 257, 2, 128], 1.0);
-    check(
-        &format!("{kernel}: attention batch 2, large scores"),
-        attention_vs_fp32(&q, &k, &v),
-        1e-2,
+#[test]
+fn flash_attention_matches_portable() {
+    println!("{}", engine_summary(0));
+    // Every kernel this GPU runs: the Hopper ones that passed their self-test and the sm_80
+    // one, each against one fp32 reference per case (the slow part).
+    let kernels = attention_kernels(&device());
+    assert!(
+        kernels.contains(&"flash_attention_fwd_bf16"),
+        "the sm_80 kernel is always available: {kernels:?}"
     );
+    // Not a multiple of the 128-row / 64-key tiles, to exercise the edges.
+    let mut cases = Vec::new();
+    for (seq_q, seq_k) in [(333, 333), (1000, 1000), (64, 700)] {
+        cases.push((
+            format!("attention {seq_q}x{seq_k}"),
+            randn([1, seq_q, 3, 128], 1.0),
+            randn([1, seq_k, 3, 128], 1.0),
+            randn([1, seq_k, 3, 128], 1.0),
+        ));
+    }
+    cases.push((
+        "attention batch 2, large scores".into(),
+        randn([2, 200, 2, 128], 2.0),
+        randn([2, 257, 2, 128], 2.0),
+        randn([2, 257, 2, 128], 1.0),
+    ));
     // v read in place from the last third of a fused q/k/v projection (batch 2).
     let qkv = randn([2, 300, 9, 128], 1.0);
     let view = |i: usize| qkv.clone().narrow(2, 3 * i, 3);
-    check(
-        &format!("{kernel}: attention, q/k/v views of a fused projection"),
-        attention_vs_fp32(&view(0), &view(1), &view(2)),
-        1e-2,
-    );
+    cases.push((
+        "attention, q/k/v views of a fused projection".into(),
+        view(0),
+        view(1),
+        view(2),
+    ));
+    for (name, q, k, v) in &cases {
+        let exact = attention_fp32(q, k, v);
+        for kernel in &kernels {
+            set_attention_kernel(Some(kernel));
+            let tuned = B::attend(q.clone(), k.clone(), v.clone(), None).cast(DType::F32);
+            check(&format!("{kernel}: {name}"), (tuned, exact.clone()), 1e-2);
+        }
+    }
+    set_attention_kernel(None);
+    // Switching the Hopper kernels off selects the sm_80 kernel.
+    set_hopper_attention(false);
+    assert!(engine_summary(0).contains("flash_attention_fwd_bf16"));
+    set_hopper_attention(true);
 }
 
 #[test]

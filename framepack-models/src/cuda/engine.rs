@@ -15,27 +15,13 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
+use super::attention::{
+    self, AttentionCall, AttentionKernel, FLASH_SMEM, HOPPER_KERNELS, SM80_KERNEL,
+};
 use super::gemm::Gemm;
 
 /// The kernel source, compiled at run time for the device's architecture.
 const KERNELS: &str = include_str!("kernels.cu");
-
-/// Dynamic shared memory of the flash-attention kernel: Q (32 KB) + 2 stages of K and V (64 KB).
-pub(crate) const FLASH_SMEM: u32 = 96 * 1024;
-
-/// A Hopper (wgmma) attention kernel: its function, dynamic shared memory and name.
-pub(crate) struct HopperAttention {
-    pub func: CudaFunction,
-    pub smem: u32,
-    pub name: &'static str,
-}
-
-/// The Hopper kernels, best first: (symbol, dynamic shared memory). The simple one keeps two
-/// stages of K/V (1 KB alignment slack + Q + 4 x 32 KB); the pipelined one three (225 KB).
-const HOPPER_KERNELS: [(&str, u32); 2] = [
-    ("flash_attention_wgmma_pipelined_bf16", 1024 + 7 * 32 * 1024),
-    ("flash_attention_wgmma_bf16", 1024 + 5 * 32 * 1024),
-];
 
 pub(crate) struct Kernels {
     pub ln_modulate: CudaFunction,
@@ -56,12 +42,11 @@ pub(crate) struct Kernels {
     pub conv_epilogue: CudaFunction,
     /// The causal convolution's replicate padding, written channels-last.
     pub pad_channels_last: CudaFunction,
-    pub flash_attention: CudaFunction,
-    /// The fastest wgmma kernel (sm_90a only) that passed the start-up self-test against the
-    /// sm_80 tensor-core kernel.
-    pub flash_attention_hopper: Option<HopperAttention>,
-    /// Hopper kernels compiled but not yet tested.
-    hopper_candidates: Vec<HopperAttention>,
+    /// The sm_80 tensor-core attention kernel.
+    pub flash_attention: AttentionKernel,
+    /// The wgmma kernels (sm_90a only) that passed the start-up self-test against the sm_80
+    /// kernel, best first.
+    pub hopper_attention: Vec<AttentionKernel>,
     _module: Arc<CudaModule>,
 }
 
@@ -140,30 +125,30 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
             .load_function(name)
             .map_err(|e| format!("kernel {name}: {e:?}"))
     };
-    let flash_attention = f("flash_attention_fwd_bf16")?;
-    flash_attention
-        .set_attribute(
+    let attention_kernel = |name: &'static str, smem: u32, tma: bool| {
+        let func = module.load_function(name).ok()?;
+        func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            FLASH_SMEM as i32,
+            smem as i32,
         )
-        .map_err(|e| format!("flash attention shared memory: {e:?}"))?;
-    // Absent unless compiled for sm_90a; a kernel whose shared memory cannot be granted is
-    // skipped.
-    let hopper_candidates = HOPPER_KERNELS
-        .iter()
-        .filter_map(|&(name, smem)| {
-            let func = module.load_function(name).ok()?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .ok()?;
-            Some(HopperAttention { func, smem, name })
+        .ok()?;
+        Some(AttentionKernel {
+            func,
+            smem,
+            name,
+            tma,
         })
+    };
+    let flash_attention = attention_kernel(SM80_KERNEL, FLASH_SMEM, false)
+        .ok_or_else(|| format!("kernel {SM80_KERNEL} unavailable"))?;
+    // Absent unless compiled for sm_90a; a kernel whose shared memory cannot be granted is
+    // skipped, and each must pass the self-test in `Engine::new`.
+    let hopper_attention = HOPPER_KERNELS
+        .iter()
+        .filter_map(|&(name, smem, tma)| attention_kernel(name, smem, tma))
         .collect();
     Ok(Kernels {
-        flash_attention_hopper: None,
-        hopper_candidates,
+        hopper_attention,
         ln_modulate: f("ln_modulate_bf16")?,
         ln_modulate_vec: f("ln_modulate_vec_bf16")?,
         gated_residual_vec: f("gated_residual_vec_bf16")?,
@@ -181,6 +166,19 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
         flash_attention,
         _module: module,
     })
+}
+
+impl Kernels {
+    /// The attention kernel for `call`, or the one in use where no call is given
+    /// ([`attention::selected`]).
+    pub(crate) fn attention(&self, call: Option<&AttentionCall>) -> &AttentionKernel {
+        attention::selected(
+            &self.hopper_attention,
+            &self.flash_attention,
+            hopper_attention(),
+            call,
+        )
+    }
 }
 
 impl Engine {
@@ -207,12 +205,10 @@ impl Engine {
             None
         };
         if let Some(k) = kernels.as_mut() {
-            for candidate in std::mem::take(&mut k.hopper_candidates) {
-                if k.flash_attention_hopper.is_some() {
-                    break;
-                }
-                match self_test_hopper(&stream, k, &candidate) {
-                    Ok(()) => k.flash_attention_hopper = Some(candidate),
+            let candidates = std::mem::take(&mut k.hopper_attention);
+            for candidate in candidates {
+                match self_test_attention(&stream, &k.flash_attention, &candidate) {
+                    Ok(()) => k.hopper_attention.push(candidate),
                     Err(e) => eprintln!(
                         "framepack: attention kernel {} disabled ({e})",
                         candidate.name
@@ -258,14 +254,14 @@ pub fn device_report(index: usize) -> Option<(String, usize, usize)> {
     Some((name, total - free, total))
 }
 
-/// Runs the Hopper attention kernel and the sm_80 kernel on the same random problem (edges
+/// Runs a Hopper attention kernel and the sm_80 kernel on the same random problem (edges
 /// included) and fails unless they agree to bf16 precision.
-fn self_test_hopper(
+fn self_test_attention(
     stream: &Arc<CudaStream>,
-    k: &Kernels,
-    hopper: &HopperAttention,
+    sm80: &AttentionKernel,
+    hopper: &AttentionKernel,
 ) -> Result<(), String> {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use cudarc::driver::DevicePtr;
     let (heads, seq_q, seq_k) = (2usize, 300usize, 333usize);
     let mut state = 0x9e3779b97f4a7c15u64;
     let mut random = |n: usize| -> Vec<u16> {
@@ -290,36 +286,26 @@ fn self_test_hopper(
         .clone_htod(&random(seq_k * heads * 128))
         .map_err(|x| e("upload", x))?;
     let mut outputs = Vec::new();
-    for (func, smem) in [
-        (&k.flash_attention, FLASH_SMEM),
-        (&hopper.func, hopper.smem),
-    ] {
-        let mut out = stream
+    for kernel in [sm80, hopper] {
+        let out = stream
             .alloc_zeros::<u16>(seq_q * heads * 128)
             .map_err(|x| e("alloc", x))?;
-        let cfg = LaunchConfig {
-            grid_dim: (seq_q.div_ceil(128) as u32, heads as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let (sq, sk, h) = (seq_q as i32, seq_k as i32, heads as i32);
-        let scale = std::f32::consts::LOG2_E / 128f32.sqrt();
-        let v_row = (heads * 128) as i32;
-        let v_batch = v_row as i64 * seq_k as i64;
-        let mut launch = stream.launch_builder(func);
-        launch
-            .arg(&q)
-            .arg(&kk)
-            .arg(&v)
-            .arg(&mut out)
-            .arg(&sq)
-            .arg(&sk)
-            .arg(&h)
-            .arg(&scale)
-            .arg(&v_row)
-            .arg(&v_batch);
-        // SAFETY: buffers of the sizes the kernel reads and writes for these arguments.
-        unsafe { launch.launch(cfg) }.map_err(|x| e("launch", x))?;
+        {
+            let ptr = |s: &cudarc::driver::CudaSlice<u16>| s.device_ptr(stream).0;
+            let call = AttentionCall {
+                q: ptr(&q),
+                k: ptr(&kk),
+                v: ptr(&v),
+                o: ptr(&out),
+                batch: 1,
+                seq_q,
+                seq_k,
+                heads,
+                v_row_stride: heads * 128,
+                v_batch_stride: heads * 128 * seq_k,
+            };
+            attention::launch(stream, kernel, &call)?;
+        }
         outputs.push(stream.clone_dtoh(&out).map_err(|x| e("download", x))?);
     }
     let f = |b: u16| f32::from_bits((b as u32) << 16) as f64;
@@ -347,10 +333,7 @@ pub fn engine_summary(index: usize) -> String {
             None => "cuBLASLt GEMMs, portable kernels (GPU older than sm_80)".into(),
             Some(k) => format!(
                 "cuBLASLt GEMMs + NVRTC kernels, attention: {}",
-                match &k.flash_attention_hopper {
-                    Some(h) if hopper_attention() => h.name,
-                    _ => "flash_attention_fwd_bf16 (mma.sync, sm_80)",
-                }
+                k.attention(None).name
             ),
         },
     }

@@ -160,6 +160,23 @@ pub(crate) struct GemmCall {
     pub scales: Option<(u64, u64)>,
 }
 
+/// Sets one attribute of a matmul descriptor to `value`.
+///
+/// # Safety
+/// `T` must be the type cuBLASLt documents for `attr`, and `desc` a live descriptor.
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> Result<(), lt::CublasError> {
+    lt::set_matmul_desc_attribute(
+        desc,
+        attr,
+        value as *const T as *const c_void,
+        size_of::<T>(),
+    )
+}
+
 fn alignment(ptrs: &[u64]) -> u32 {
     ptrs.iter()
         .map(|&p| {
@@ -240,28 +257,25 @@ impl Gemm {
         // SAFETY: the attribute buffers live for the duration of each call and have the sizes
         // cuBLASLt documents for these attributes.
         unsafe {
-            lt::set_matmul_desc_attribute(
+            set_desc(
                 desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &transpose as *const i32 as *const c_void,
-                size_of::<i32>(),
+                &transpose,
             )
             .map_err(|e| err("transa", e))?;
-            lt::set_matmul_desc_attribute(
+            set_desc(
                 desc,
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                &epilogue as *const sys::cublasLtEpilogue_t as *const c_void,
-                size_of::<sys::cublasLtEpilogue_t>(),
+                &epilogue,
             )
             .map_err(|e| err("epilogue", e))?;
             if matches!(key.epilogue, Epilogue::Bias | Epilogue::GeluBias) {
                 // A non-null placeholder so the heuristic knows a bias exists; set per call.
                 let placeholder: u64 = 256;
-                lt::set_matmul_desc_attribute(
+                set_desc(
                     desc,
                     sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &placeholder as *const u64 as *const c_void,
-                    size_of::<u64>(),
+                    &placeholder,
                 )
                 .map_err(|e| err("bias pointer", e))?;
             }
@@ -269,18 +283,34 @@ impl Gemm {
                 let mode =
                     sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
                         as i32;
-                for attr in [
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                // Non-null placeholders, set per call: cuBLASLt 13.1's heuristic answers
+                // INVALID_VALUE for vector scales without pointers (measured on an H100).
+                let placeholder: u64 = 256;
+                for (mode_attr, pointer_attr) in [
+                    (
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                    ),
+                    (
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                    ),
                 ] {
-                    lt::set_matmul_desc_attribute(
-                        desc,
-                        attr,
-                        &mode as *const i32 as *const c_void,
-                        size_of::<i32>(),
-                    )
-                    .map_err(|e| err("scale mode", e))?;
+                    set_desc(desc, mode_attr, &mode).map_err(|e| err("scale mode", e))?;
+                    set_desc(desc, pointer_attr, &placeholder)
+                        .map_err(|e| err("scale pointer", e))?;
                 }
+                // Fast accumulation (no periodic promotion of the tensor cores' partial sums):
+                // 1.27x faster on an H100 at 17500x3072x3072, with a relative error of the
+                // product of 2.0e-3 instead of 1.7e-3, both far below e4m3's rounding of the
+                // operands (tools/cuda/probe_gemm.py).
+                let fast: i8 = 1;
+                set_desc(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                    &fast,
+                )
+                .map_err(|e| err("fast accumulation", e))?;
             }
             let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
             let ws: usize = 32 << 20;
@@ -386,10 +416,10 @@ impl Gemm {
             .plans
             .lock()
             .map_err(|_| "cuBLASLt plan cache poisoned".to_string())?;
-        if !plans.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(key) {
             let mut plan = self.plan(key)?;
             self.autotune(&mut plan, call)?;
-            plans.insert(key, plan);
+            e.insert(plan);
         }
         let plan = &plans[&key];
         self.launch(plan, &plan.algo, call)
@@ -456,11 +486,10 @@ impl Gemm {
         // caller from the tensors' shapes); the stream outlives the call.
         unsafe {
             if let Some(bias) = call.bias {
-                lt::set_matmul_desc_attribute(
+                set_desc(
                     plan.desc,
                     sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &bias as *const u64 as *const c_void,
-                    size_of::<u64>(),
+                    &bias,
                 )
                 .map_err(|e| format!("cuBLASLt bias pointer: {e:?}"))?;
             }
@@ -475,13 +504,8 @@ impl Gemm {
                         x_scales,
                     ),
                 ] {
-                    lt::set_matmul_desc_attribute(
-                        plan.desc,
-                        attr,
-                        &ptr as *const u64 as *const c_void,
-                        size_of::<u64>(),
-                    )
-                    .map_err(|e| format!("cuBLASLt scale pointer: {e:?}"))?;
+                    set_desc(plan.desc, attr, &ptr)
+                        .map_err(|e| format!("cuBLASLt scale pointer: {e:?}"))?;
                 }
             }
             lt::matmul(

@@ -8,11 +8,13 @@
 //! dtypes, masks, head sizes) takes the portable burn path, as does everything when the
 //! engine cannot be created or [`set_tuned_kernels`] turned it off.
 
+mod attention;
 mod attention_gemm;
 mod conv;
 mod engine;
 mod gemm;
 mod stream;
+mod timing;
 
 use std::sync::Arc;
 
@@ -23,16 +25,19 @@ use burn_cubecl::CubeBackend;
 use cubecl::cuda::CudaRuntime;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+pub use attention::set_attention_kernel;
 pub use cubecl::cuda::CudaDevice;
 pub use engine::{
     device_report, engine_summary, set_fp8_tensor_cores, set_hopper_attention, set_tuned_kernels,
     tuned_kernels,
 };
 pub use stream::CudaStreamer;
+pub use timing::{time_kernels, KernelTime};
 
 use crate::fp8::Fp8Weight;
 use crate::ops::{portable, FramePackBackend};
-use engine::{Engine, FLASH_SMEM};
+use attention::AttentionCall;
+use engine::Engine;
 use gemm::{Epilogue, GemmCall, GemmType};
 
 /// burn's CUDA backend as FramePack runs it (CubeCL, no fusion), with the tuned operations.
@@ -50,7 +55,6 @@ pub fn pool_usage(device: &CudaDevice) -> (u64, u64) {
 
 pub(crate) type Prim = CubeTensor<CudaRuntime>;
 
-/// The engine for `device` if the tuned path is on and available.
 /// Whether products with FP8 weights of
 /// [`WeightFormat::Fp8TensorCores`](crate::nn::WeightFormat::Fp8TensorCores) run on this
 /// device's FP8 tensor cores: cuBLASLt offers an e4m3 GEMM with per-row scales here (Hopper
@@ -81,6 +85,21 @@ pub fn fp8_tensor_cores_check(device: &CudaDevice) -> Result<(), String> {
     })
 }
 
+/// The names of the attention kernels usable on `device`, the default first (the sm_80 kernel
+/// last), for [`set_attention_kernel`]; empty where the tuned kernels are unavailable.
+pub fn attention_kernels(device: &CudaDevice) -> Vec<&'static str> {
+    match engine_for(device).as_ref().and_then(|e| e.kernels.as_ref()) {
+        Some(k) => k
+            .hopper_attention
+            .iter()
+            .chain([&k.flash_attention])
+            .map(|k| k.name)
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The engine for `device` if the tuned path is on and available.
 fn engine_for(device: &CudaDevice) -> Option<Arc<Engine>> {
     if !tuned_kernels() {
         return None;
@@ -101,7 +120,7 @@ fn prim_token_rows(t: Tensor<CudaBackend, 4>) -> (Prim, i64, i64) {
     let p = t.into_primitive().tensor();
     let s = p.meta.strides();
     // 16-byte vector loads: the strides (and so every row start) must be multiples of 8.
-    if s[3] == 1 && s[2] == dim && s[1] % 8 == 0 && s[0] % 8 == 0 {
+    if s[3] == 1 && s[2] == dim && s[1].is_multiple_of(8) && s[0].is_multiple_of(8) {
         let (row, batch) = (s[1] as i64, s[0] as i64);
         return (p, row, batch);
     }
@@ -147,7 +166,7 @@ fn run(
     engine: &Engine,
     device: &CudaDevice,
     tensors: &[&Prim],
-    work: impl FnOnce(&Engine, &[u64]) -> Result<(), String>,
+    mut work: impl FnMut(&Engine, &[u64]) -> Result<(), String>,
 ) {
     let resources: Vec<_> = tensors
         .iter()
@@ -161,7 +180,9 @@ fn run(
     if let Err(e) = CudaBackend::sync(device) {
         panic!("framepack CUDA: waiting for burn's stream failed: {e:?}");
     }
-    if let Err(e) = work(engine, &pointers) {
+    if let Err(e) =
+        work(engine, &pointers).and_then(|()| timing::repeat(engine, || work(engine, &pointers)))
+    {
         panic!("framepack CUDA: {e}");
     }
     if let Err(e) = engine.stream.synchronize() {
@@ -357,41 +378,32 @@ fn attend_tuned(
     engine.kernels.as_ref()?;
     let (qp, kp) = (prim(q.clone()), prim(k.clone()));
     let (vp, v_row, v_batch) = prim_token_rows(v.clone());
-    let v_row = i32::try_from(v_row).ok()?;
+    // The kernels take 32-bit sizes and token strides.
+    if [seq_q, seq_k, heads]
+        .iter()
+        .any(|&x| i32::try_from(x).is_err())
+        || i32::try_from(v_row).is_err()
+    {
+        return None;
+    }
+    let v_row = usize::try_from(v_row).ok()?;
+    let v_batch = usize::try_from(v_batch).ok()?;
     let out = empty([b, seq_q, heads, dim], DType::BF16, &device);
-    let scale_log2 = std::f32::consts::LOG2_E / (dim as f32).sqrt();
     run(&engine, &device, &[&qp, &kp, &vp, &out], |e, p| {
         let kernels = e.kernels.as_ref().ok_or("no kernels")?;
-        let (func, smem) = match &kernels.flash_attention_hopper {
-            Some(hopper) if engine::hopper_attention() => (&hopper.func, hopper.smem),
-            _ => (&kernels.flash_attention, FLASH_SMEM),
+        let call = AttentionCall {
+            q: p[0],
+            k: p[1],
+            v: p[2],
+            o: p[3],
+            batch: b,
+            seq_q,
+            seq_k,
+            heads,
+            v_row_stride: v_row,
+            v_batch_stride: v_batch,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (seq_q.div_ceil(128) as u32, heads as u32, b as u32),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let (sq, sk, h) = (seq_q as i32, seq_k as i32, heads as i32);
-        let mut launch = e.stream.launch_builder(func);
-        launch
-            .arg(&p[0])
-            .arg(&p[1])
-            .arg(&p[2])
-            .arg(&p[3])
-            .arg(&sq)
-            .arg(&sk)
-            .arg(&h)
-            .arg(&scale_log2)
-            .arg(&v_row)
-            .arg(&v_batch);
-        if p[2] % 16 != 0 {
-            return Err(format!("v at {:#x} is not 16-byte aligned", p[2]));
-        }
-        // SAFETY: q, k and o are contiguous bf16 tensors of the shapes checked above; v has
-        // the shape of k with the token and batch strides passed.
-        unsafe { launch.launch(cfg) }
-            .map(|_| ())
-            .map_err(launch_err)
+        attention::launch(&e.stream, kernels.attention(Some(&call)), &call)
     });
     Some(wrap(out))
 }
@@ -432,7 +444,7 @@ fn layer_norm_tuned<const D: usize>(
     }
     let has_mod = mods.is_some() as i32;
     // One 16-byte chunk per thread and the row in registers when the width allows it.
-    let vectorised = dim % 256 == 0 && dim / 8 <= 1024;
+    let vectorised = dim.is_multiple_of(256) && dim / 8 <= 1024;
     run(&engine, &device, &tensors, |e, p| {
         let kernels = e.kernels.as_ref().ok_or("no kernels")?;
         let (shift, scale) = if has_mod == 1 { (p[2], p[3]) } else { (0, 0) };
@@ -484,7 +496,11 @@ fn rms_norm_rope_tuned<const D: usize>(
     let dims = x.dims();
     let head_dim = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || head_dim % 4 != 0 || rows == 0 {
+    if x.dtype() != DType::BF16
+        || weight.dtype() != DType::BF16
+        || !head_dim.is_multiple_of(4)
+        || rows == 0
+    {
         return None;
     }
     let (seq, heads) = if D == 4 { (dims[1], dims[2]) } else { (1, 1) };

@@ -156,10 +156,9 @@ impl BlockStreamer<CudaBackend> for CudaStreamer {
 
     fn prefetch(&self, index: usize) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if !in_flight.contains_key(&index) {
-            let copy = self.start_copy(index);
-            in_flight.insert(index, copy);
-        }
+        in_flight
+            .entry(index)
+            .or_insert_with(|| self.start_copy(index));
     }
 
     fn fetch(&self, index: usize) -> Vec<StreamedTensor<CudaBackend>> {
