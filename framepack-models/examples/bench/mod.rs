@@ -50,15 +50,27 @@ pub fn default_inputs<B: Backend>(
     device: &B::Device,
     dtype: DType,
 ) -> TransformerInputs<B> {
-    let (h, w) = (80, 76);
+    inputs_at(config, device, dtype, [80, 76], [512, 32])
+}
+
+/// Random inputs of a window of 9 latent frames of `latent_hw` with the full packed context
+/// (2 + 2 + 16 latents), `text[1]` valid of `text[0]` text tokens.
+pub fn inputs_at<B: Backend>(
+    config: &TransformerConfig,
+    device: &B::Device,
+    dtype: DType,
+    latent_hw: [usize; 2],
+    text: [usize; 2],
+) -> TransformerInputs<B> {
+    let [h, w] = latent_hw;
     let randn5 = |t: usize| randn::<B, 5>([1, 16, t, h, w], device, dtype);
     TransformerInputs {
         latents: randn5(9),
         latent_indices: (1..10).map(|i| i as f32).collect(),
         timestep: vec![996.0],
         guidance: vec![9984.0],
-        text: randn([1, 512, config.text_embed_dim], device, dtype),
-        text_lengths: vec![32],
+        text: randn([1, text[0], config.text_embed_dim], device, dtype),
+        text_lengths: vec![text[1]],
         pooled_text: randn([1, config.pooled_projection_dim], device, dtype),
         image_embeddings: randn([1, 729, config.image_proj_dim], device, dtype),
         clean: Some(ContextGroup {
