@@ -51,9 +51,10 @@ pub(crate) const SM80_KERNEL: &str = "flash_attention_fwd_bf16";
 
 static CHOICE: Mutex<Option<String>> = Mutex::new(None);
 
-/// Runs attention on the kernel named `name` (one of [`attention_kernels`](super::
-/// attention_kernels)) instead of the default, the first Hopper kernel that passed its
-/// self-test; `None` restores the default. For comparing kernels on one device.
+/// Runs attention on the kernel named `name` (one of
+/// [`attention_kernels`](super::attention_kernels)) instead of the default, the first Hopper
+/// kernel that passed its self-test; `None` restores the default. For comparing kernels on one
+/// device.
 pub fn set_attention_kernel(name: Option<&str>) {
     *CHOICE.lock().unwrap_or_else(|e| e.into_inner()) = name.map(str::to_string);
 }

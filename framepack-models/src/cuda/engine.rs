@@ -67,8 +67,9 @@ pub(crate) struct Engine {
 static TUNED: AtomicBool = AtomicBool::new(true);
 static HOPPER_ATTENTION: AtomicBool = AtomicBool::new(true);
 
-/// Turns the Hopper (wgmma) attention kernel on or off (on by default where it exists); off,
-/// attention runs on the sm_80 tensor-core kernel. For comparing the two.
+/// Turns the Hopper (wgmma) attention kernels on or off (on by default where they exist); off,
+/// attention runs on the sm_80 tensor-core kernel unless
+/// [`set_attention_kernel`](super::set_attention_kernel) names another. For comparing them.
 pub fn set_hopper_attention(enabled: bool) {
     HOPPER_ATTENTION.store(enabled, Ordering::SeqCst);
 }

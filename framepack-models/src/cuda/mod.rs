@@ -1,4 +1,4 @@
-//! The tuned CUDA implementation of [`FramePackBackend`](crate::ops::FramePackBackend).
+//! The tuned CUDA implementation of [`FramePackBackend`].
 //!
 //! [`CudaBackend`] is burn's CubeCL backend on the CUDA runtime (without burn's fusion layer, so
 //! that every tensor has device memory our kernels can address). Its hot operations run on
