@@ -603,22 +603,25 @@ fn conv3d_replicate_padded_matches() {
             let bias =
                 Tensor::<B, 1>::random([16], Distribution::Normal(0.0, 0.1), &device()).cast(dtype);
             let name = format!("padded conv {dtype:?} channels-last input {channels_last}");
-            let fused = B::conv3d_replicate_padded(
-                x.clone(),
-                weight.clone(),
-                Some(bias.clone()),
-                [1, 1, 1],
-                [2, 1, 1],
-            )
-            .cast(DType::F32);
-            let unfused = framepack_models::ops::pad_then_conv3d(
-                x.clone(),
-                weight.clone(),
-                Some(bias.clone()),
-                [1, 1, 1],
-                [2, 1, 1],
-            )
-            .cast(DType::F32);
+            type PaddedConv = fn(
+                Tensor<B, 5>,
+                Tensor<B, 5>,
+                Option<Tensor<B, 1>>,
+                [usize; 3],
+                [usize; 3],
+            ) -> Tensor<B, 5>;
+            let conv = |f: PaddedConv| {
+                f(
+                    x.clone(),
+                    weight.clone(),
+                    Some(bias.clone()),
+                    [1, 1, 1],
+                    [2, 1, 1],
+                )
+                .cast(DType::F32)
+            };
+            let fused = conv(B::conv3d_replicate_padded);
+            let unfused = conv(framepack_models::ops::pad_then_conv3d::<B>);
             assert_eq!(fused.dims(), [1, 16, 5, 9, 11], "{name}");
             let diff = (fused.clone() - unfused).abs().max().into_scalar();
             assert_eq!(diff, 0.0, "{name}: differs from padding by concatenation");

@@ -69,16 +69,19 @@ pub(crate) fn selected<'a>(
     call: Option<&AttentionCall>,
 ) -> &'a AttentionKernel {
     let usable = |k: &&AttentionKernel| !k.tma || call.is_none_or(AttentionCall::tma_ready);
-    let choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(name) = choice {
-        if let Some(k) = hopper
-            .iter()
-            .chain([sm80])
-            .filter(usable)
-            .find(|k| k.name == name)
-        {
-            return k;
-        }
+    let chosen = CHOICE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        .and_then(|name| {
+            hopper
+                .iter()
+                .chain([sm80])
+                .filter(usable)
+                .find(|k| k.name == name)
+        });
+    if let Some(k) = chosen {
+        return k;
     }
     if !hopper_enabled {
         return sm80;
