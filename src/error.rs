@@ -95,6 +95,11 @@ pub enum Error {
     /// The sampler failed.
     #[error(transparent)]
     Sampling(#[from] framepack_sampling::SamplingError),
+    /// A backend operation failed while models loaded or a job ran (a CUDA kernel, cuBLASLt,
+    /// an allocation, burn's own kernels). The job is abandoned; the pipeline stays usable if
+    /// the device is.
+    #[error(transparent)]
+    Backend(#[from] framepack_models::BackendError),
     /// Tensor data could not be read back from the device.
     #[error("reading `{what}` back from the device: {reason}")]
     TensorData {

@@ -5,7 +5,8 @@ use framepack_models::text::{PromptEmbeddings, PromptEncoder};
 use framepack_models::{FramePackBackend, ModelError};
 
 /// Builds a network (from its mapped checkpoint files, or from a random seed).
-pub(crate) type Loader<T> = Box<dyn Fn() -> Result<T, ModelError>>;
+/// `Send`, so that a pipeline holding one can move to a worker thread.
+pub(crate) type Loader<T> = Box<dyn Fn() -> Result<T, ModelError> + Send>;
 
 /// A network that is either always loaded, or loaded on first use and droppable.
 pub(crate) struct OnDemand<T> {
@@ -62,7 +63,7 @@ fn missing(reason: &str) -> ModelError {
 /// revision is known without loading anything, so cache hits never load the 15 GB encoder.
 pub(crate) struct TextSlot<B: FramePackBackend> {
     pub(crate) revision: String,
-    pub(crate) encoders: OnDemand<Box<dyn PromptEncoder<B>>>,
+    pub(crate) encoders: OnDemand<Box<dyn PromptEncoder<B> + Send>>,
 }
 
 impl<B: FramePackBackend> PromptEncoder<B> for TextSlot<B> {
@@ -78,18 +79,21 @@ impl<B: FramePackBackend> PromptEncoder<B> for TextSlot<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
-    use std::rc::Rc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn lazy_networks_load_once_per_use_and_release() {
-        let loads = Rc::new(Cell::new(0));
+        let loads = Arc::new(AtomicUsize::new(0));
         let counter = loads.clone();
         let mut slot = OnDemand::lazy(Box::new(move || {
-            counter.set(counter.get() + 1);
-            Ok(counter.get())
+            Ok(counter.fetch_add(1, Ordering::SeqCst) + 1)
         }));
-        assert_eq!(loads.get(), 0, "nothing loads before first use");
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            0,
+            "nothing loads before first use"
+        );
         assert_eq!(*slot.get().unwrap(), 1);
         assert_eq!(*slot.get().unwrap(), 1, "a loaded network is reused");
         assert!(slot.release());

@@ -386,3 +386,48 @@ fn fp8_blocks_give_a_close_video_and_are_recorded() {
         Some("fp8_e4m3, fp8 tensor-core products")
     );
 }
+
+/// `Pipeline` is `Send`: a server or GUI keeps it on a worker thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<framepack::Pipeline>();
+};
+
+/// A pipeline moved to a worker thread runs a job there while the main thread cancels it, and
+/// once moved back it gives the frames a pipeline that never left the main thread gives.
+#[test]
+fn a_worker_thread_runs_the_pipeline_and_the_main_thread_cancels() {
+    let request = small_request(2.0);
+    let expected = tiny_pipeline().generate(&request, |_| {}).unwrap().frames;
+
+    let cancel = CancelToken::new();
+    let (sections, seen) = std::sync::mpsc::channel();
+    let worker = {
+        let (cancel, request) = (cancel.clone(), request.clone());
+        std::thread::spawn(move || {
+            let mut pipeline = tiny_pipeline();
+            let result = pipeline.generate_cancellable(&request, &cancel, |p| {
+                if let Progress::Section(s) = p {
+                    let _ = sections.send(s.section);
+                    // Wait for the main thread's cancel, so the job cannot finish first.
+                    while !cancel.is_cancelled() {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            (pipeline, result.map(|v| v.frames))
+        })
+    };
+    assert_eq!(seen.recv().unwrap(), 0, "the first finished section");
+    cancel.cancel();
+    let (mut pipeline, result) = worker.join().expect("the worker thread");
+    assert!(
+        matches!(result, Err(Error::Cancelled { section: 1, .. })),
+        "{result:?}"
+    );
+    let frames = std::thread::spawn(move || pipeline.generate(&request, |_| {}).map(|v| v.frames))
+        .join()
+        .expect("a second worker thread")
+        .unwrap();
+    assert_eq!(frames, expected, "a pipeline that moved between threads");
+}

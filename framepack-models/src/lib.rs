@@ -9,10 +9,13 @@
 //!   sources.
 //! - [`ops`]: the backend-extension trait through which the hot operations run.
 //! - [`fp8`]: FP8 (e4m3, per-row scale) storage for the transformer blocks' weights.
+//! - [`failure`]: failures inside backend operations, caught at a job's boundary as typed
+//!   errors.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+pub mod failure;
 pub mod fp8;
 pub mod lora;
 pub mod nn;
@@ -26,6 +29,7 @@ pub mod weights;
 
 pub use burn;
 pub use error::ModelError;
+pub use failure::BackendError;
 pub use ops::FramePackBackend;
 
 /// The CPU backend (burn-flex) used by tests and machines without a GPU.

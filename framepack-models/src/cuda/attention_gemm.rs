@@ -7,9 +7,13 @@
 //! for a VAE decode); PyTorch's SDPA accumulates in fp32, as this does.
 
 use burn::tensor::{activation, Bool, DType, Tensor, TensorData};
+use cudarc::driver::PushKernelArg;
 
+use super::engine::Engine;
 use super::gemm::{Epilogue, GemmCall, GemmType};
-use super::{empty, engine_for, pad_to, prim, run, wrap, CudaBackend};
+use super::{
+    empty, engine_for, grid, launch_err, pad_to, prim, run, wrap, CudaBackend, CudaDevice, Prim,
+};
 
 /// Largest fp32 score block (bytes).
 const SCORE_BYTES: usize = 256 << 20;
@@ -74,26 +78,24 @@ pub(super) fn attend_gemm(
                 }
                 Ok(())
             });
-            let mut scores = wrap::<3>(scores).mul_scalar(scale);
-            if causal {
-                // Key `c` is hidden from query `first + r` when `c > first + r`.
-                let hidden: Vec<bool> = (0..rows)
-                    .flat_map(|r| (0..seq_k).map(move |c| c > first + r))
-                    .collect();
-                let hidden = Tensor::<CudaBackend, 2, Bool>::from_data(
-                    TensorData::new(hidden, [rows, seq_k]),
-                    &device,
-                );
-                scores = scores.mask_fill(
-                    hidden.unsqueeze_dim::<3>(0).expand([heads, rows, seq_k]),
-                    f32::NEG_INFINITY,
-                );
-            }
-            let probs = prim(pad_to(
-                activation::softmax(scores, 2).cast(dtype),
-                2,
-                keys_p,
-            ));
+            let probs = match softmax_kernel(
+                &engine,
+                &device,
+                &scores,
+                SoftmaxRows {
+                    heads,
+                    rows,
+                    keys: seq_k,
+                    keys_p,
+                    first,
+                    causal,
+                    scale: scale as f32,
+                    dtype,
+                },
+            ) {
+                Some(probs) => probs,
+                None => softmax_portable(wrap(scores), scale, causal, first, dtype, keys_p),
+            };
             let out = empty([heads, rows, dim], dtype, &device);
             run(&engine, &device, &[&probs, &vt, &out], |e, p| {
                 for h in 0..heads {
@@ -120,4 +122,87 @@ pub(super) fn attend_gemm(
         per_batch.push(Tensor::cat(blocks, 1)); // [heads, seq_q, dim]
     }
     Some(Tensor::stack::<4>(per_batch, 0).swap_dims(1, 2))
+}
+
+/// One block of the softmax: `heads × rows` rows of fp32 scores over `keys` keys.
+struct SoftmaxRows {
+    heads: usize,
+    rows: usize,
+    keys: usize,
+    keys_p: usize,
+    first: usize,
+    causal: bool,
+    scale: f32,
+    dtype: DType,
+}
+
+/// The softmax on our kernel: scale, causal mask, softmax, rounding and padding in one pass.
+/// burn's softmax would autotune its reductions for every new shape (about a minute per
+/// shape on a fresh machine, once per encoder and VAE resolution). `None` on GPUs without our
+/// kernels (older than sm_80).
+fn softmax_kernel(
+    engine: &Engine,
+    device: &CudaDevice,
+    scores: &Prim,
+    s: SoftmaxRows,
+) -> Option<Prim> {
+    engine.kernels.as_ref()?;
+    let is_f16 = i32::from(s.dtype == DType::F16);
+    let int = |v: usize| i32::try_from(v).ok();
+    let (keys, keys_p, rows, first) = (int(s.keys)?, int(s.keys_p)?, int(s.rows)?, int(s.first)?);
+    let causal = i32::from(s.causal);
+    let probs = empty([s.heads, s.rows, s.keys_p], s.dtype, device);
+    run(engine, device, &[scores, &probs], |e, p| {
+        let kernels = e.kernels.as_ref().ok_or("no kernels")?;
+        let mut launch = e.stream.launch_builder(&kernels.softmax_rows);
+        launch
+            .arg(&p[0])
+            .arg(&p[1])
+            .arg(&keys)
+            .arg(&keys_p)
+            .arg(&rows)
+            .arg(&causal)
+            .arg(&first)
+            .arg(&s.scale)
+            .arg(&is_f16);
+        // SAFETY: `scores` holds heads·rows rows of `keys` fp32 values, `probs` as many rows
+        // of `keys_p` 16-bit values.
+        unsafe { launch.launch(grid(s.heads * s.rows, 256, 0)) }
+            .map(|_| ())
+            .map_err(launch_err)
+    });
+    Some(probs)
+}
+
+/// [`softmax_kernel`] in burn's operations.
+fn softmax_portable(
+    scores: Tensor<CudaBackend, 3>,
+    scale: f64,
+    causal: bool,
+    first: usize,
+    dtype: DType,
+    keys_p: usize,
+) -> Prim {
+    let [heads, rows, seq_k] = scores.dims();
+    let device = scores.device();
+    let mut scores = scores.mul_scalar(scale);
+    if causal {
+        // Key `c` is hidden from query `first + r` when `c > first + r`.
+        let hidden: Vec<bool> = (0..rows)
+            .flat_map(|r| (0..seq_k).map(move |c| c > first + r))
+            .collect();
+        let hidden = Tensor::<CudaBackend, 2, Bool>::from_data(
+            TensorData::new(hidden, [rows, seq_k]),
+            &device,
+        );
+        scores = scores.mask_fill(
+            hidden.unsqueeze_dim::<3>(0).expand([heads, rows, seq_k]),
+            f32::NEG_INFINITY,
+        );
+    }
+    prim(pad_to(
+        activation::softmax(scores, 2).cast(dtype),
+        2,
+        keys_p,
+    ))
 }

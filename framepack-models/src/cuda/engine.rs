@@ -18,6 +18,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use super::attention::{
     self, AttentionCall, AttentionKernel, FLASH_SMEM, HOPPER_KERNELS, SM80_KERNEL,
 };
+use super::error::CudaError;
 use super::gemm::Gemm;
 
 /// The kernel source, compiled at run time for the device's architecture.
@@ -42,6 +43,8 @@ pub(crate) struct Kernels {
     pub conv_epilogue: CudaFunction,
     /// The causal convolution's replicate padding, written channels-last.
     pub pad_channels_last: CudaFunction,
+    /// The softmax of the cuBLASLt attention, fp32 scores to fp16/bf16 probabilities.
+    pub softmax_rows: CudaFunction,
     /// The sm_80 tensor-core attention kernel.
     pub flash_attention: AttentionKernel,
     /// The wgmma kernels (sm_90a only) that passed the start-up self-test against the sm_80
@@ -62,6 +65,8 @@ pub(crate) struct Engine {
     pub kernels: Option<Kernels>,
     pub multiprocessors: u32,
     pub ctx: Arc<CudaContext>,
+    /// The CUDA device index.
+    pub index: usize,
 }
 
 static TUNED: AtomicBool = AtomicBool::new(true);
@@ -164,6 +169,7 @@ fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, St
         group_norm_apply: f("group_norm_apply")?,
         conv_epilogue: f("conv_epilogue")?,
         pad_channels_last: f("pad_channels_last")?,
+        softmax_rows: f("softmax_rows")?,
         flash_attention,
         _module: module,
     })
@@ -224,6 +230,18 @@ impl Engine {
             kernels,
             multiprocessors,
             ctx,
+            index,
+        })
+    }
+
+    /// Makes this engine's context current on the calling thread (a no-op where it already
+    /// is). Every entry point that makes raw driver or cuBLASLt calls starts with it: those
+    /// calls use the thread's current context, which a thread other than the one that created
+    /// the engine does not have (`CUDA_ERROR_INVALID_CONTEXT` for the TMA descriptors).
+    pub fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(|e| CudaError::Context {
+            device: self.index,
+            reason: format!("{e:?}"),
         })
     }
 }

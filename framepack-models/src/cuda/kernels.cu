@@ -1139,6 +1139,40 @@ __device__ __forceinline__ float block_sum_f(float v, float* red) {
     return total;
 }
 
+__device__ __forceinline__ float block_max_f(float v, float* red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float total = NEG_INF;
+    for (int w = 0; w < warps; ++w) total = fmaxf(total, red[w]);
+    __syncthreads();
+    return total;
+}
+
+// The softmax of the cuBLASLt attention (attention_gemm.rs): rows of fp32 scores `s`
+// [rows, keys] to probabilities in fp16/bf16 [rows, keys_p] (zeros past `keys`), as the
+// portable path computes them: x = f32(s * scale), p = exp(x - max) / sum, one rounding.
+// Causal: row r is query `first + r % rows_per_head`, and keys after it are hidden. One block
+// per row.
+extern "C" __global__ void softmax_rows(const float* __restrict__ scores, unsigned short* __restrict__ out,
+                                        int keys, int keys_p, int rows_per_head, int causal, int first,
+                                        float scale, int is_f16) {
+    __shared__ float red[32];
+    const long long row = blockIdx.x;
+    const float* s = scores + row * keys;
+    unsigned short* o = out + row * keys_p;
+    const int visible = causal ? min(keys, first + (int)(row % rows_per_head) + 1) : keys;
+    float m = NEG_INF;
+    for (int c = threadIdx.x; c < visible; c += blockDim.x) m = fmaxf(m, s[c] * scale);
+    m = block_max_f(m, red);
+    float sum = 0.f;
+    for (int c = threadIdx.x; c < visible; c += blockDim.x) sum += expf(s[c] * scale - m);
+    sum = block_sum_f(sum, red);
+    for (int c = threadIdx.x; c < keys_p; c += blockDim.x)
+        o[c] = half_store(c < visible ? expf(s[c] * scale - m) / sum : 0.f, is_f16);
+}
+
 // The mean of group `group` from its `chunks` partial sums (fp64, fixed order).
 __device__ __forceinline__ float group_mean(const float* partial, int group, int chunks, long long span) {
     double s = 0.0;

@@ -12,6 +12,7 @@ mod attention;
 mod attention_gemm;
 mod conv;
 mod engine;
+mod error;
 mod gemm;
 mod stream;
 mod timing;
@@ -31,6 +32,7 @@ pub use engine::{
     device_report, engine_summary, set_fp8_tensor_cores, set_hopper_attention, set_tuned_kernels,
     tuned_kernels,
 };
+pub use error::CudaError;
 pub use stream::CudaStreamer;
 pub use timing::{time_kernels, KernelTime};
 
@@ -66,6 +68,7 @@ pub fn fp8_tensor_cores_available(device: &CudaDevice) -> bool {
 /// [`fp8_tensor_cores_available`], with the reason when not (for benchmarks and logs).
 pub fn fp8_tensor_cores_check(device: &CudaDevice) -> Result<(), String> {
     let engine = engine_for(device).ok_or("the tuned CUDA path is off or unavailable")?;
+    engine.bind().map_err(|e| e.to_string())?;
     if engine.kernels.is_none() {
         return Err("GPU older than sm_80".into());
     }
@@ -162,33 +165,57 @@ fn pad_to<const D: usize>(
 
 /// Runs `work` with the device pointers of `tensors`, ordered after burn's queued work and
 /// finished before burn touches the outputs (see `engine.rs` for why both waits are needed).
+/// The engine's context is made current on the calling thread first: raw driver and cuBLASLt
+/// calls (unlike cudarc's safe ones) use whatever context the thread has. A failure unwinds
+/// as a typed [`CudaError`] ([`crate::failure`]).
 fn run(
     engine: &Engine,
     device: &CudaDevice,
     tensors: &[&Prim],
     mut work: impl FnMut(&Engine, &[u64]) -> Result<(), String>,
 ) {
-    let resources: Vec<_> = tensors
+    if let Err(e) = run_checked(engine, device, tensors, &mut work) {
+        raise(e);
+    }
+}
+
+fn run_checked(
+    engine: &Engine,
+    device: &CudaDevice,
+    tensors: &[&Prim],
+    work: &mut impl FnMut(&Engine, &[u64]) -> Result<(), String>,
+) -> Result<(), CudaError> {
+    engine.bind()?;
+    let resources = tensors
         .iter()
         .map(|t| {
             t.client
                 .get_resource(t.handle.clone())
-                .unwrap_or_else(|e| panic!("framepack CUDA: tensor memory not addressable: {e:?}"))
+                .map_err(|e| CudaError::Memory {
+                    what: "an operand",
+                    reason: format!("{e:?}"),
+                })
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let pointers: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();
-    if let Err(e) = CudaBackend::sync(device) {
-        panic!("framepack CUDA: waiting for burn's stream failed: {e:?}");
-    }
-    if let Err(e) =
-        work(engine, &pointers).and_then(|()| timing::repeat(engine, || work(engine, &pointers)))
-    {
-        panic!("framepack CUDA: {e}");
-    }
-    if let Err(e) = engine.stream.synchronize() {
-        panic!("framepack CUDA: kernel failed: {e:?}");
-    }
+    CudaBackend::sync(device).map_err(|e| CudaError::Sync {
+        stream: "burn's",
+        reason: format!("{e:?}"),
+    })?;
+    work(engine, &pointers)
+        .and_then(|()| timing::repeat(engine, || work(engine, &pointers)))
+        .map_err(CudaError::Launch)?;
+    engine.stream.synchronize().map_err(|e| CudaError::Sync {
+        stream: "the tuned path's",
+        reason: format!("{e:?}"),
+    })?;
     drop(resources);
+    Ok(())
+}
+
+/// Unwinds with a tuned operation's failure (see [`crate::failure`]).
+fn raise(error: CudaError) -> ! {
+    crate::failure::raise(error.into())
 }
 
 fn launch_err(e: cudarc::driver::DriverError) -> String {
@@ -854,7 +881,9 @@ impl FramePackBackend for CudaBackend {
         });
         match result {
             Ok(out) => out.0,
-            Err(e) => panic!("framepack CUDA: exact-size allocation mode failed: {e:?}"),
+            Err(e) => raise(CudaError::Launch(format!(
+                "exact-size allocation mode: {e:?}"
+            ))),
         }
     }
 

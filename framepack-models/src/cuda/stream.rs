@@ -7,7 +7,7 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use cudarc::driver::{CudaEvent, PinnedHostSlice};
 
 use super::engine::{engine, Engine};
-use super::{CudaBackend, CudaDevice};
+use super::{raise, CudaBackend, CudaDevice, CudaError};
 use crate::streaming::{BlockStreamer, HostBlock, HostTensor, StreamedTensor};
 
 /// Byte alignment of each tensor inside a block's pinned buffer.
@@ -74,19 +74,29 @@ impl CudaStreamer {
             .iter()
             .map(|p| {
                 p.client.get_resource(p.handle.clone()).unwrap_or_else(|e| {
-                    panic!("framepack CUDA: streamed weight not addressable: {e:?}")
+                    raise(CudaError::Memory {
+                        what: "a streamed weight",
+                        reason: format!("{e:?}"),
+                    })
                 })
             })
             .collect();
         // The allocations come from burn's stream: make them valid before our copies.
         if let Err(e) = CudaBackend::sync(&self.device) {
-            panic!("framepack CUDA: waiting for burn's stream failed: {e:?}");
+            raise(CudaError::Sync {
+                stream: "burn's",
+                reason: format!("{e:?}"),
+            });
+        }
+        // The raw copies below use the calling thread's current context.
+        if let Err(e) = self.engine.bind() {
+            raise(e);
         }
         let stream = &self.engine.copy_stream;
         let host = block
             .buffer
             .as_slice()
-            .unwrap_or_else(|e| panic!("framepack CUDA: pinned weights unavailable: {e:?}"));
+            .unwrap_or_else(|e| raise(CudaError::Pinned(format!("{e:?}"))));
         for ((resource, t), &offset) in resources
             .iter()
             .zip(&block.meta.tensors)
@@ -103,11 +113,11 @@ impl CudaStreamer {
                     stream.cu_stream(),
                 )
             }
-            .unwrap_or_else(|e| panic!("framepack CUDA: weight copy failed: {e:?}"));
+            .unwrap_or_else(|e| raise(CudaError::Launch(format!("weight copy: {e:?}"))));
         }
         let done = stream
             .record_event(None)
-            .unwrap_or_else(|e| panic!("framepack CUDA: copy event failed: {e:?}"));
+            .unwrap_or_else(|e| raise(CudaError::Launch(format!("copy event: {e:?}"))));
         drop(resources);
         InFlight { tensors, done }
     }
@@ -124,12 +134,14 @@ impl BlockStreamer<CudaBackend> for CudaStreamer {
         // SAFETY: every byte that is later read is written just below.
         let mut buffer = unsafe { self.engine.ctx.alloc_pinned::<u8>(total.max(1)) }
             .unwrap_or_else(|e| {
-                panic!("framepack CUDA: cannot pin {total} bytes of host memory: {e:?}")
+                raise(CudaError::Pinned(format!(
+                    "cannot pin {total} bytes: {e:?}"
+                )))
             });
         {
             let dst = buffer
                 .as_mut_slice()
-                .unwrap_or_else(|e| panic!("framepack CUDA: pinned memory unavailable: {e:?}"));
+                .unwrap_or_else(|e| raise(CudaError::Pinned(format!("{e:?}"))));
             for (t, &offset) in block.tensors.iter().zip(&offsets) {
                 dst[offset..offset + t.data.bytes.len()].copy_from_slice(&t.data.bytes);
             }
@@ -170,7 +182,7 @@ impl BlockStreamer<CudaBackend> for CudaStreamer {
         let copy = pending.unwrap_or_else(|| self.start_copy(index));
         copy.done
             .synchronize()
-            .unwrap_or_else(|e| panic!("framepack CUDA: weight copy failed: {e:?}"));
+            .unwrap_or_else(|e| raise(CudaError::Launch(format!("weight copy: {e:?}"))));
         copy.tensors
     }
 
