@@ -33,6 +33,7 @@ pub mod error;
 mod frames;
 pub mod hub;
 mod input;
+mod lora;
 pub mod memory;
 mod on_demand;
 mod pipeline;
@@ -46,16 +47,17 @@ pub use error::{Error, Result};
 pub use framepack_models::ops::DeviceMemory;
 pub use frames::Frames;
 pub use input::InputImage;
+pub use lora::{LoraChoice, LoraMode, DEFAULT_LORA_STRENGTH};
 pub use memory::{Dtypes, MemoryMode};
 pub use pipeline::{
     DefaultBackend, Outputs, Pipeline, PipelineBuilder, Progress, SectionProgress, Stage,
     StepProgress, Video, WeightFormat,
 };
 pub use record::RunRecord;
-pub use request::{mode_str, parse_mode, EndFrame, JobPlan, Request, Resolution};
+pub use request::{EndFrame, JobPlan, Request, Resolution};
 
 pub use framepack_core;
-pub use framepack_core::{Mode, SectionPlan};
+pub use framepack_core::{Flavor, Mode, SectionPlan, WindowSize};
 pub use framepack_models;
 pub use framepack_models::FramePackBackend;
 pub use framepack_sampling;

@@ -17,16 +17,18 @@ use std::time::{Duration, Instant};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use framepack_core::blend::LatentSpan;
 use framepack_core::Mode;
+use framepack_models::lora::LoraSet;
 use framepack_models::text::{
     CachedPromptEncoder, LlamaTokenizer, PromptCache, PromptEmbeddings, PromptEncoder,
     PromptOverflow, TextEncoderFolders, TextEncoders,
 };
-use framepack_models::transformer::{BlockResidency, FramePackTransformer};
+use framepack_models::transformer::{BlockResidency, FramePackTransformer, LoadOptions};
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig, VaeTiling};
 use framepack_models::vision::{SiglipImageProcessor, SiglipVisionEncoder};
 use framepack_models::weights::SafetensorsSource;
 use framepack_models::FramePackBackend;
 
+use framepack_models::failure::catch;
 pub use framepack_models::nn::WeightFormat;
 use framepack_sampling::{
     CacheMode, CancelToken, Completion, Conditions, Event, FlowDenoiser, FramePackModel,
@@ -39,6 +41,7 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::frames::{latent_preview, Clip, Frames};
 use crate::hub::{Component, ModelLocations};
+use crate::lora::{self, LoraChoice, LoraMode};
 use crate::memory::{dtype_name, Dtypes, MemoryMode};
 use crate::on_demand::{Loader, OnDemand, TextSlot};
 use crate::record::{
@@ -85,6 +88,8 @@ pub struct PipelineBuilder<B: FramePackBackend> {
     block_weights: WeightFormat,
     mode: Mode,
     prompt_cache: Option<PathBuf>,
+    lora_mode: LoraMode,
+    loras: Vec<LoraChoice>,
 }
 
 impl<B: FramePackBackend> PipelineBuilder<B> {
@@ -192,6 +197,22 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
         self
     }
 
+    /// How the LoRAs of the jobs are applied: merged into the weights (the default) or kept as
+    /// switchable adapters. Adapters need resident blocks: with the low-VRAM mode `build`
+    /// refuses them.
+    pub fn lora_mode(mut self, mode: LoraMode) -> Self {
+        self.lora_mode = mode;
+        self
+    }
+
+    /// The LoRAs to load with the transformer, so that a job asking for exactly these does not
+    /// reload it (LoRAs belong to each [`Request`]; this only chooses the first set). The
+    /// `framepack` command passes its request's LoRAs here.
+    pub fn loras(mut self, loras: &[LoraChoice]) -> Self {
+        self.loras = loras.to_vec();
+        self
+    }
+
     /// Checks `request` against this configuration without loading any network: everything
     /// [`Request::plan`] checks, that every checkpoint folder it needs is there (unless
     /// downloading is allowed), and the length of every prompt it encodes (only the tokenizer
@@ -259,126 +280,145 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
             }
         }
         let memory = self.memory.resolve(B::device_memory(&device));
+        if self.lora_mode == LoraMode::Adapters && memory.is_low_vram() {
+            return Err(Error::invalid(
+                "lora-mode",
+                "LoRA adapters need the transformer's blocks on the device; the low-VRAM mode \
+                 streams them: use the merge mode (the default) or the resident memory mode",
+            ));
+        }
+        for lora in &self.loras {
+            lora.check()?;
+        }
         let low_vram = memory.is_low_vram();
-        let residency = if low_vram {
-            BlockResidency::Streamed
-        } else {
-            BlockResidency::Resident
-        };
         let family = family(self.mode);
+        let lora_set = lora::open_set(&self.loras)?;
+        let transformer_options = transformer_options(
+            dtypes.transformer,
+            memory,
+            self.block_weights,
+            self.lora_mode,
+            &lora_set,
+        );
         let mut revisions = BTreeMap::new();
         // Exact-size buffers in the low-VRAM mode: the resident parts do not pin pooled pages.
-        let loaded = sized::<B, _>(low_vram, &device, || -> Result<_> {
-            Ok(match &source {
-                Source::Random { seed, scale } => {
-                    let (seed, scale) = (*seed, *scale);
-                    let text_device = device.clone();
-                    let load_text: Loader<Box<dyn PromptEncoder<B>>> = Box::new(move || {
-                        let encoders = tiny::text_encoders::<B>(
-                            &text_device,
-                            seed,
-                            scale,
-                            dtypes.text,
-                            low_vram && scale == Scale::Full,
-                        )?;
-                        Ok(Box::new(encoders) as Box<dyn PromptEncoder<B>>)
-                    });
-                    let image_device = device.clone();
-                    let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
-                        tiny::siglip::<B>(&image_device, seed, scale, dtypes.image)
-                    });
-                    let text = TextSlot {
-                        revision: format!("random {scale:?} seed {seed} ({:?})", dtypes.text),
-                        encoders: on_demand(low_vram, load_text)?,
-                    };
-                    (
-                        tiny::transformer::<B>(
-                            &device,
-                            seed,
-                            scale,
-                            dtypes.transformer,
-                            residency,
-                            self.block_weights,
-                        )?,
-                        tiny::vae::<B>(&device, seed, scale, dtypes.vae)?,
-                        CachedPromptEncoder::new(text, PromptCache::in_memory(&device)),
-                        on_demand(low_vram, load_siglip)?,
-                        SiglipImageProcessor::default(),
-                    )
-                }
-                Source::Pretrained(locations) => {
-                    let loc = |c: Component, revisions: &mut BTreeMap<String, String>| {
-                        let found = locations.locate(c)?;
-                        revisions.insert(c.name().to_string(), found.revision.clone());
-                        Ok::<_, Error>(found.path)
-                    };
-                    let transformer_path = loc(transformer_component(family), &mut revisions)?;
-                    let folders = TextEncoderFolders {
-                        text_encoder: loc(Component::TextEncoder, &mut revisions)?,
-                        text_encoder_2: loc(Component::TextEncoder2, &mut revisions)?,
-                        tokenizer: loc(Component::Tokenizer, &mut revisions)?,
-                        tokenizer_2: loc(Component::Tokenizer2, &mut revisions)?,
-                    };
-                    let vae_path = loc(Component::Vae, &mut revisions)?;
-                    let processor_path = loc(Component::FeatureExtractor, &mut revisions)?;
-                    let siglip_path = loc(Component::ImageEncoder, &mut revisions)?;
-
-                    let processor = SiglipImageProcessor::from_file(
-                        processor_path.join("preprocessor_config.json"),
-                    )?;
-                    let text_revision = format!(
-                        "{}|{}",
-                        revisions[Component::TextEncoder.name()],
-                        revisions[Component::Tokenizer.name()]
-                    );
-                    let text_device = device.clone();
-                    let revision = text_revision.clone();
-                    let load_text: Loader<Box<dyn PromptEncoder<B>>> = Box::new(move || {
-                        let load = if low_vram {
-                            TextEncoders::load_layerwise
-                        } else {
-                            TextEncoders::load
+        let loaded = catch(|| {
+            sized::<B, _>(low_vram, &device, || -> Result<_> {
+                Ok(match &source {
+                    Source::Random { seed, scale } => {
+                        let (seed, scale) = (*seed, *scale);
+                        let text_device = device.clone();
+                        let load_text: Loader<Box<dyn PromptEncoder<B> + Send>> =
+                            Box::new(move || {
+                                let encoders = tiny::text_encoders::<B>(
+                                    &text_device,
+                                    seed,
+                                    scale,
+                                    dtypes.text,
+                                    low_vram && scale == Scale::Full,
+                                )?;
+                                Ok(Box::new(encoders) as Box<dyn PromptEncoder<B> + Send>)
+                            });
+                        let image_device = device.clone();
+                        let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
+                            tiny::siglip::<B>(&image_device, seed, scale, dtypes.image)
+                        });
+                        let text = TextSlot {
+                            revision: format!("random {scale:?} seed {seed} ({:?})", dtypes.text),
+                            encoders: on_demand(low_vram, load_text)?,
                         };
-                        let encoders = load(
-                            &folders,
-                            &text_device,
-                            dtypes.text,
-                            PromptOverflow::Truncate,
-                            revision.clone(),
+                        (
+                            source
+                                .transformer::<B>(family, &device, &transformer_options)?
+                                .0,
+                            tiny::vae::<B>(&device, seed, scale, dtypes.vae)?,
+                            CachedPromptEncoder::new(text, PromptCache::in_memory(&device)),
+                            on_demand(low_vram, load_siglip)?,
+                            SiglipImageProcessor::default(),
+                        )
+                    }
+                    Source::Pretrained(locations) => {
+                        let loc = |c: Component, revisions: &mut BTreeMap<String, String>| {
+                            let found = locations.locate(c)?;
+                            revisions.insert(c.name().to_string(), found.revision.clone());
+                            Ok::<_, Error>(found.path)
+                        };
+                        loc(transformer_component(family), &mut revisions)?;
+                        let folders = TextEncoderFolders {
+                            text_encoder: loc(Component::TextEncoder, &mut revisions)?,
+                            text_encoder_2: loc(Component::TextEncoder2, &mut revisions)?,
+                            tokenizer: loc(Component::Tokenizer, &mut revisions)?,
+                            tokenizer_2: loc(Component::Tokenizer2, &mut revisions)?,
+                        };
+                        let vae_path = loc(Component::Vae, &mut revisions)?;
+                        let processor_path = loc(Component::FeatureExtractor, &mut revisions)?;
+                        let siglip_path = loc(Component::ImageEncoder, &mut revisions)?;
+
+                        let processor = SiglipImageProcessor::from_file(
+                            processor_path.join("preprocessor_config.json"),
                         )?;
-                        Ok(Box::new(encoders) as Box<dyn PromptEncoder<B>>)
-                    });
-                    let cache = match &self.prompt_cache {
-                        Some(dir) => PromptCache::on_disk(dir, &device)?,
-                        None => PromptCache::in_memory(&device),
-                    };
-                    let text = TextSlot {
-                        revision: format!("{text_revision}|llama {0:?}|clip {0:?}", dtypes.text),
-                        encoders: on_demand(low_vram, load_text)?,
-                    };
-                    let image_device = device.clone();
-                    let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
-                        SiglipVisionEncoder::from_folder(&siglip_path, &image_device, dtypes.image)
-                    });
-                    let vae = load_vae(&vae_path, &device, dtypes.vae)?;
-                    let transformer = FramePackTransformer::from_folder_with(
-                        &transformer_path,
-                        &device,
-                        dtypes.transformer,
-                        residency,
-                        self.block_weights,
-                    )?;
-                    (
-                        transformer,
-                        vae,
-                        CachedPromptEncoder::new(text, cache),
-                        on_demand(low_vram, load_siglip)?,
-                        processor,
-                    )
-                }
+                        let text_revision = format!(
+                            "{}|{}",
+                            revisions[Component::TextEncoder.name()],
+                            revisions[Component::Tokenizer.name()]
+                        );
+                        let text_device = device.clone();
+                        let revision = text_revision.clone();
+                        let load_text: Loader<Box<dyn PromptEncoder<B> + Send>> =
+                            Box::new(move || {
+                                let load = if low_vram {
+                                    TextEncoders::load_layerwise
+                                } else {
+                                    TextEncoders::load
+                                };
+                                let encoders = load(
+                                    &folders,
+                                    &text_device,
+                                    dtypes.text,
+                                    PromptOverflow::Truncate,
+                                    revision.clone(),
+                                )?;
+                                Ok(Box::new(encoders) as Box<dyn PromptEncoder<B> + Send>)
+                            });
+                        let cache = match &self.prompt_cache {
+                            Some(dir) => PromptCache::on_disk(dir, &device)?,
+                            None => PromptCache::in_memory(&device),
+                        };
+                        let text = TextSlot {
+                            revision: format!(
+                                "{text_revision}|llama {0:?}|clip {0:?}",
+                                dtypes.text
+                            ),
+                            encoders: on_demand(low_vram, load_text)?,
+                        };
+                        let image_device = device.clone();
+                        let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
+                            SiglipVisionEncoder::from_folder(
+                                &siglip_path,
+                                &image_device,
+                                dtypes.image,
+                            )
+                        });
+                        let vae = load_vae(&vae_path, &device, dtypes.vae)?;
+                        let (transformer, _) =
+                            source.transformer::<B>(family, &device, &transformer_options)?;
+                        (
+                            transformer,
+                            vae,
+                            CachedPromptEncoder::new(text, cache),
+                            on_demand(low_vram, load_siglip)?,
+                            processor,
+                        )
+                    }
+                })
             })
-        })?;
-        let (transformer, mut vae, text, siglip, processor) = loaded;
+        })??;
+        let (mut transformer, mut vae, text, siglip, processor) = loaded;
+        if self.lora_mode == LoraMode::Adapters && !lora_set.is_empty() {
+            transformer
+                .set_lora_adapters(&lora_set)
+                .map_err(framepack_models::ModelError::from)?;
+        }
         if low_vram {
             vae.set_tiling(VaeTiling::low_vram())?;
             // Loading leaves conversion buffers in the pool; hand them back.
@@ -391,6 +431,8 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
             block_weights: self.block_weights,
             source,
             family,
+            lora_mode: self.lora_mode,
+            loras: self.loras,
             transformer: Some(transformer),
             vae,
             text,
@@ -423,6 +465,67 @@ fn on_demand<T>(low_vram: bool, load: Loader<T>) -> Result<OnDemand<T>> {
     } else {
         OnDemand::resident(load()?)
     })
+}
+
+/// A checkpoint component and the revision it was loaded from.
+type Revision = (Component, String);
+
+/// Whether two LoRA lists are the same files at the same strengths.
+fn same_loras(a: &[LoraChoice], b: &[LoraChoice]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| a.path == b.path && a.strength == b.strength)
+}
+
+impl Source {
+    /// The transformer of `family`: random weights, or the checkpoint (with its revision).
+    fn transformer<B: FramePackBackend>(
+        &self,
+        family: Family,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(FramePackTransformer<B>, Option<Revision>)> {
+        Ok(match self {
+            Source::Random { seed, scale } => {
+                (tiny::transformer(device, *seed, *scale, options)?, None)
+            }
+            Source::Pretrained(locations) => {
+                let component = transformer_component(family);
+                let found = locations.locate(component)?;
+                let (model, _report) =
+                    FramePackTransformer::from_folder_options(&found.path, device, options)?;
+                (model, Some((component, found.revision)))
+            }
+        })
+    }
+}
+
+/// Where the transformer's blocks live in a memory mode (decided here only).
+fn residency_for(memory: MemoryMode) -> BlockResidency {
+    if memory.is_low_vram() {
+        BlockResidency::Streamed
+    } else {
+        BlockResidency::Resident
+    }
+}
+
+/// How the transformer loads: `loras` merged in the merge mode (in the adapters mode they are
+/// attached after loading).
+fn transformer_options(
+    dtype: DType,
+    memory: MemoryMode,
+    block_weights: WeightFormat,
+    lora_mode: LoraMode,
+    loras: &LoraSet,
+) -> LoadOptions {
+    let options = LoadOptions::new(dtype)
+        .residency(residency_for(memory))
+        .block_weights(block_weights);
+    match lora_mode {
+        LoraMode::Merge => options.loras(loras.clone()),
+        LoraMode::Adapters => options,
+    }
 }
 
 fn load_vae<B: FramePackBackend>(
@@ -500,6 +603,9 @@ pub struct Pipeline<B: FramePackBackend = DefaultBackend> {
     block_weights: WeightFormat,
     source: Source,
     family: Family,
+    lora_mode: LoraMode,
+    /// The LoRAs in the transformer (merged, or as adapters).
+    loras: Vec<LoraChoice>,
     /// `None` only after a failed switch to the other transformer checkpoint.
     transformer: Option<FramePackTransformer<B>>,
     vae: HunyuanVideoVae<B>,
@@ -748,14 +854,16 @@ impl<B: Backend> Video<B> {
         extra.insert("prompt".to_string(), r.prompt.clone());
         extra.insert("models".to_string(), self.record.models.kind.clone());
         extra.insert("framepack_rs".to_string(), self.record.framepack_rs.clone());
+        extra.insert("flavor".to_string(), r.flavor.to_string());
         GenerationParams {
             mode: r.mode.to_string(),
             seed: r.seed,
             steps: r.steps,
+            // Latent frames sampled per window (5 for eichi's 0.5 s sections).
             window: if r.mode == Mode::OneFrame {
                 1
             } else {
-                r.window
+                r.window.latents()
             },
             sections: self.record.result.sections,
             completed_sections: self.record.result.sections,
@@ -791,6 +899,8 @@ impl<B: FramePackBackend> Pipeline<B> {
             block_weights: WeightFormat::Dense,
             mode: Mode::Inverted,
             prompt_cache: None,
+            lora_mode: LoraMode::default(),
+            loras: Vec::new(),
         }
     }
 
@@ -825,9 +935,13 @@ impl<B: FramePackBackend> Pipeline<B> {
         F: FnMut(Progress<'_, B>),
     {
         let device = self.device.clone();
-        sized::<B, _>(self.memory.is_low_vram(), &device, || {
-            self.run_job(request, cancel, on_progress)
-        })
+        // burn's operations cannot return errors: a failing kernel unwinds, and is turned back
+        // into `Error::Backend` here, so that a worker thread sees a failed job, not a panic.
+        catch(|| {
+            sized::<B, _>(self.memory.is_low_vram(), &device, || {
+                self.run_job(request, cancel, on_progress)
+            })
+        })?
     }
 
     /// [`Pipeline::generate_cancellable`]'s work.
@@ -846,7 +960,7 @@ impl<B: FramePackBackend> Pipeline<B> {
             section: 0,
             steps_done: 0,
         };
-        self.use_family(family(plan.sections.mode()))?;
+        let loras = self.prepare_transformer(family(plan.sections.mode()), &request.loras)?;
         let mut warnings = Vec::new();
         let mut timing = TimingRecord::default();
 
@@ -1027,7 +1141,9 @@ impl<B: FramePackBackend> Pipeline<B> {
             });
         }
         timing.total_s = started.elapsed().as_secs_f64();
-        let record = self.record(request, &plan, &output.history, stats, timing, warnings);
+        let mut recorded = request.clone();
+        recorded.loras = loras;
+        let record = self.record(&recorded, &plan, &output.history, stats, timing, warnings);
         Ok(Video {
             frames,
             latents: output.history,
@@ -1089,6 +1205,7 @@ impl<B: FramePackBackend> Pipeline<B> {
                 device: format!("{:?}", self.device),
                 dtypes,
                 memory: self.memory.to_string(),
+                lora_mode: self.lora_mode,
             },
             result: ResultRecord {
                 size: [plan.bucket.height, plan.bucket.width],
@@ -1107,14 +1224,6 @@ impl<B: FramePackBackend> Pipeline<B> {
     }
 
     /// Where the transformer's blocks live in this pipeline's memory mode.
-    fn residency(&self) -> BlockResidency {
-        if self.memory.is_low_vram() {
-            BlockResidency::Streamed
-        } else {
-            BlockResidency::Resident
-        }
-    }
-
     /// The memory mode in use (never [`MemoryMode::Auto`]: that is resolved when the pipeline
     /// is built).
     pub fn memory(&self) -> MemoryMode {
@@ -1131,42 +1240,64 @@ impl<B: FramePackBackend> Pipeline<B> {
         }
     }
 
-    /// Loads the transformer of `family` if another one is resident (the resident one is
-    /// dropped first, so two never share the device).
-    fn use_family(&mut self, family: Family) -> Result<()> {
-        if family == self.family && self.transformer.is_some() {
-            return Ok(());
+    /// Makes the transformer the one of `family` with `loras`: nothing to do when it already
+    /// is; in the adapters mode a change of LoRAs only swaps the adapters; otherwise the
+    /// transformer is loaded again (the old one is dropped first, so two never share the
+    /// device). Returns the LoRAs with their files' hashes, for the run record.
+    fn prepare_transformer(
+        &mut self,
+        family: Family,
+        loras: &[LoraChoice],
+    ) -> Result<Vec<LoraChoice>> {
+        let hashed = loras
+            .iter()
+            .map(|l| {
+                Ok(LoraChoice {
+                    sha256: Some(l.hash()?),
+                    ..l.clone()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let same_loras = same_loras(&self.loras, loras);
+        if family == self.family && self.transformer.is_some() && same_loras {
+            return Ok(hashed);
+        }
+        let set = lora::open_set(loras)?;
+        if family == self.family && self.lora_mode == LoraMode::Adapters {
+            if let Some(transformer) = self.transformer.as_mut() {
+                transformer
+                    .set_lora_adapters(&set)
+                    .map_err(framepack_models::ModelError::from)?;
+                self.loras = loras.to_vec();
+                return Ok(hashed);
+            }
         }
         self.transformer = None;
-        let transformer = match &self.source {
-            Source::Random { seed, scale } => tiny::transformer(
-                &self.device,
-                *seed,
-                *scale,
-                self.dtypes.transformer,
-                self.residency(),
-                self.block_weights,
-            )?,
-            Source::Pretrained(locations) => {
-                let component = transformer_component(family);
-                let found = locations.locate(component)?;
-                let t = FramePackTransformer::from_folder_with(
-                    &found.path,
-                    &self.device,
-                    self.dtypes.transformer,
-                    self.residency(),
-                    self.block_weights,
-                )?;
-                self.revisions
-                    .remove(transformer_component(self.family).name());
-                self.revisions
-                    .insert(component.name().to_string(), found.revision);
-                t
-            }
-        };
+        let options = transformer_options(
+            self.dtypes.transformer,
+            self.memory,
+            self.block_weights,
+            self.lora_mode,
+            &set,
+        );
+        let (mut transformer, revision) =
+            self.source
+                .transformer::<B>(family, &self.device, &options)?;
+        if self.lora_mode == LoraMode::Adapters && !set.is_empty() {
+            transformer
+                .set_lora_adapters(&set)
+                .map_err(framepack_models::ModelError::from)?;
+        }
+        if let Some((component, revision)) = revision {
+            self.revisions
+                .remove(transformer_component(self.family).name());
+            self.revisions
+                .insert(component.name().to_string(), revision);
+        }
         self.transformer = Some(transformer);
         self.family = family;
-        Ok(())
+        self.loras = loras.to_vec();
+        Ok(hashed)
     }
 
     fn encode_prompt(

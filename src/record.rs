@@ -41,6 +41,9 @@ pub struct RuntimeRecord {
     pub dtypes: BTreeMap<String, String>,
     /// The memory mode.
     pub memory: String,
+    /// How the request's LoRAs were applied.
+    #[serde(default)]
+    pub lora_mode: crate::LoraMode,
 }
 
 /// What came out.

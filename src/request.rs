@@ -4,18 +4,20 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use framepack_core::chain::shared_bucket;
 use framepack_core::{
-    Bucket, BucketTable, CropGeometry, GenerationRequest, ImageRole, LatentSize, Mode, Padding,
-    SectionPlan,
+    Bucket, BucketTable, CropGeometry, Flavor, GenerationRequest, ImageRole, LatentSize, Mode,
+    Padding, SectionPlan, WindowSize,
 };
 use framepack_sampling::Guidance;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::input::InputImage;
+use crate::lora::LoraChoice;
 
 /// The resolution a generation runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,42 +107,6 @@ pub struct EndFrame {
     pub strength: f64,
 }
 
-mod mode_name {
-    use framepack_core::Mode;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(mode: &Mode, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(super::mode_str(*mode))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_mode(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// The name of a mode in run records and on the command line.
-pub fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Inverted => "inverted",
-        Mode::F1 => "f1",
-        Mode::OneFrame => "one-frame",
-    }
-}
-
-/// Parses `inverted`, `f1` or `one-frame`.
-pub fn parse_mode(s: &str) -> Result<Mode> {
-    match s.to_ascii_lowercase().as_str() {
-        "inverted" => Ok(Mode::Inverted),
-        "f1" => Ok(Mode::F1),
-        "one-frame" | "oneframe" => Ok(Mode::OneFrame),
-        _ => Err(Error::invalid(
-            "mode",
-            format!("`{s}`: expected inverted, f1 or one-frame"),
-        )),
-    }
-}
-
 /// Everything one image-to-video generation asks for. Defaults are those of FramePack's demo
 /// (spec §0): 5 s, seed 31337, 25 steps, `cfg = 1`, `gs = 10`, `rs = 0`, TeaCache 0.15, inverted
 /// anti-drifting sampling, the 640 buckets, window 9.
@@ -181,10 +147,11 @@ pub struct Request {
     pub(crate) gs: f64,
     pub(crate) rs: f64,
     pub(crate) teacache: Option<f64>,
-    #[serde(with = "mode_name")]
     pub(crate) mode: Mode,
     pub(crate) resolution: Resolution,
-    pub(crate) window: u32,
+    pub(crate) window: WindowSize,
+    #[serde(default)]
+    pub(crate) flavor: Flavor,
     #[serde(default)]
     pub(crate) constant_padding: Option<f64>,
     #[serde(default)]
@@ -193,6 +160,8 @@ pub struct Request {
     pub(crate) shift: Option<f64>,
     #[serde(default)]
     pub(crate) allow_prompt_truncation: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) loras: Vec<LoraChoice>,
 }
 
 /// The largest step count accepted (the demo's slider stops at 100).
@@ -217,11 +186,13 @@ impl Request {
             teacache: Some(framepack_sampling::TeaCache::THRESHOLD),
             mode: Mode::Inverted,
             resolution: Resolution::default(),
-            window: 9,
+            window: WindowSize::default(),
+            flavor: Flavor::default(),
             constant_padding: None,
             image_influence: None,
             shift: None,
             allow_prompt_truncation: false,
+            loras: Vec::new(),
         }
     }
 
@@ -304,9 +275,18 @@ impl Request {
         self
     }
 
-    /// Latent frames per section (9; one-frame mode: eichi's "RoPE value").
-    pub fn window(mut self, latents: u32) -> Self {
-        self.window = latents;
+    /// Latent frames per section (`9`; one-frame mode: eichi's "RoPE value"), or eichi's 0.5 s
+    /// sections (`WindowSize::HalfSecond`: 17 frames each, counted with a window of 4.5).
+    pub fn window(mut self, window: impl Into<WindowSize>) -> Self {
+        self.window = window.into();
+        self
+    }
+
+    /// Whose conventions to follow where FramePack and FramePack-eichi differ (eichi's F1
+    /// section count divides by `4·window − 3` frames; its last 0.5 s section decodes 11
+    /// latents).
+    pub fn flavor(mut self, flavor: Flavor) -> Self {
+        self.flavor = flavor;
         self
     }
 
@@ -335,6 +315,19 @@ impl Request {
     pub fn allow_prompt_truncation(mut self, allow: bool) -> Self {
         self.allow_prompt_truncation = allow;
         self
+    }
+
+    /// A LoRA file at `strength` (repeatable: LoRAs add up). Read in kohya/musubi,
+    /// diffusers/diffusion-pipe and HunyuanVideo key styles; how the pipeline applies them is
+    /// its [`LoraMode`](crate::LoraMode).
+    pub fn lora(mut self, path: impl Into<PathBuf>, strength: f64) -> Self {
+        self.loras.push(LoraChoice::new(path, strength));
+        self
+    }
+
+    /// The LoRAs, in the order given.
+    pub fn loras(&self) -> &[LoraChoice] {
+        &self.loras
     }
 
     /// The start image.
@@ -385,7 +378,8 @@ impl Request {
     fn generation_request(&self) -> GenerationRequest {
         let mut g = GenerationRequest::new(self.seconds)
             .mode(self.mode)
-            .window(self.window);
+            .window(self.window)
+            .flavor(self.flavor);
         if let Some(p) = self.constant_padding {
             g = g.padding(Padding::Constant(p));
         }
@@ -405,6 +399,9 @@ impl Request {
     }
 
     fn check_numbers(&self) -> Result<()> {
+        for lora in &self.loras {
+            lora.check()?;
+        }
         if self.steps == 0 || self.steps > MAX_STEPS {
             return Err(Error::invalid(
                 "steps",

@@ -9,12 +9,11 @@
 //! `[BOS] + at most 75 bytes + [EOS]`.
 
 use burn::tensor::DType;
-use framepack_models::nn::WeightFormat;
 use framepack_models::text::tokenizer::MAX_PROMPT_TOKENS;
 use framepack_models::text::{
     ClipTextConfig, ClipTextEncoder, LlamaConfig, LlamaTextEncoder, PromptEmbeddings, PromptEncoder,
 };
-use framepack_models::transformer::{BlockResidency, FramePackTransformer, TransformerConfig};
+use framepack_models::transformer::{FramePackTransformer, LoadOptions, TransformerConfig};
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
 use framepack_models::vision::{SiglipVisionConfig, SiglipVisionEncoder};
 use framepack_models::weights::RandomSource;
@@ -114,16 +113,14 @@ pub(crate) fn transformer<B: FramePackBackend>(
     device: &B::Device,
     seed: u64,
     scale: Scale,
-    dtype: DType,
-    residency: BlockResidency,
-    block_weights: WeightFormat,
+    options: &LoadOptions,
 ) -> Result<FramePackTransformer<B>, ModelError> {
     let config = match scale {
         Scale::Tiny => transformer_config(),
         Scale::Full => TransformerConfig::framepack(),
     };
-    let mut src = source::<B>(device, seed, 0, scale);
-    FramePackTransformer::load_with(&mut src, config, dtype, residency, block_weights)
+    let src = source::<B>(device, seed, 0, scale);
+    Ok(FramePackTransformer::load_options(src, config, options)?.0)
 }
 
 /// The random VAE of `seed`.

@@ -286,3 +286,245 @@ fn info_lists_backends_devices_and_models() {
         assert!(text.contains(needle), "`{needle}` missing from {text}");
     }
 }
+
+/// A LoRA file for the tiny transformer (hidden 32, MLP 128) with `modules` patched at rank 2:
+/// kohya/musubi keys (`lora_unet_…`, with alpha) or diffusers keys (`diffusion_model.…`).
+fn write_lora(path: &Path, kohya: bool, modules: &[(&str, [usize; 2])], seed: u32) {
+    use safetensors::{tensor::TensorView, Dtype};
+    let rank = 2;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let values = |n: usize, salt: u32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                let x = ((i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(salt * 40_503)
+                    % 1000) as f32;
+                (x / 1000.0 * 0.6 - 0.3).to_le_bytes()
+            })
+            .collect()
+    };
+    for (i, (module, [out, input])) in modules.iter().enumerate() {
+        let salt = seed * 10 + i as u32;
+        let (down, up) = (values(rank * input, salt), values(out * rank, salt + 5));
+        if kohya {
+            let name = format!("lora_unet_{}", module.replace('.', "_"));
+            tensors.push((format!("{name}.lora_down.weight"), vec![rank, *input], down));
+            tensors.push((format!("{name}.lora_up.weight"), vec![*out, rank], up));
+            tensors.push((
+                format!("{name}.alpha"),
+                vec![],
+                1.5f32.to_le_bytes().to_vec(),
+            ));
+        } else {
+            let name = format!("diffusion_model.{module}");
+            tensors.push((format!("{name}.lora_A.weight"), vec![rank, *input], down));
+            tensors.push((format!("{name}.lora_B.weight"), vec![*out, rank], up));
+        }
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(k, shape, bytes)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// The latent history of a run, as f32 values.
+fn latents(path: &Path) -> Vec<f32> {
+    let (history, _) =
+        framepack::History::<framepack::DefaultBackend>::load(path, &Default::default()).unwrap();
+    history
+        .latents()
+        .clone()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
+/// `--lora A:0.8 --lora B:0.5` with two files in two key styles: the output changes, merging
+/// at load equals keeping them as adapters (two independent code paths) to 1e-5 in fp32, the
+/// record holds both files with their hashes and strengths, a replay gives the same frames,
+/// and a LoRA file changed since the run stops the replay.
+#[test]
+fn loras_from_the_command_line_are_merged_recorded_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = png(dir.path(), "lamp.png", 120, 80, 5);
+    let kohya = dir.path().join("style.safetensors");
+    let diffusers = dir.path().join("motion.safetensors");
+    write_lora(
+        &kohya,
+        true,
+        &[
+            ("transformer_blocks.0.attn.to_q", [32, 32]),
+            ("transformer_blocks.1.ff.net.0.proj", [128, 32]),
+            ("single_transformer_blocks.0.proj_mlp", [128, 32]),
+        ],
+        1,
+    );
+    write_lora(
+        &diffusers,
+        false,
+        &[
+            ("transformer_blocks.0.attn.to_k", [32, 32]),
+            ("single_transformer_blocks.1.attn.to_q", [32, 32]),
+        ],
+        2,
+    );
+    let lora_args = [
+        "--lora".to_string(),
+        format!("{}:0.8", kohya.display()),
+        "--lora".to_string(),
+        format!("{}:0.5", diffusers.display()),
+    ];
+    let out = |name: &str| dir.path().join(name);
+    let generate = |name: &str, extra: &[String]| {
+        let mut args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), &[]);
+        args.extend(extra.iter().cloned());
+        let o = run(&refs(&args));
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+    };
+    generate("base.mp4", &[]);
+    generate("merged.mp4", &lora_args);
+    let mut adapters = lora_args.to_vec();
+    adapters.extend(["--lora-mode".to_string(), "adapters".to_string()]);
+    generate("adapters.mp4", &adapters);
+
+    let base = latents(&out("base.latents.safetensors"));
+    let merged = latents(&out("merged.latents.safetensors"));
+    let adapted = latents(&out("adapters.latents.safetensors"));
+    let change = relative_l2(&merged, &base);
+    let paths = relative_l2(&adapted, &merged);
+    println!("LoRA vs none: {change:.3e}; adapters vs merged: {paths:.3e}");
+    assert!(change > 1e-3, "the LoRAs changed nothing: {change:.3e}");
+    assert!(paths <= 1e-5, "adapters vs merged: {paths:.3e} > 1e-5");
+
+    let record = framepack::RunRecord::read(out("merged.json")).unwrap();
+    let loras = record.request.loras();
+    assert_eq!(loras.len(), 2);
+    assert_eq!(
+        (loras[0].path.as_path(), loras[0].strength),
+        (kohya.as_path(), 0.8)
+    );
+    assert_eq!(
+        (loras[1].path.as_path(), loras[1].strength),
+        (diffusers.as_path(), 0.5)
+    );
+    for lora in loras {
+        let hash = lora.sha256.as_deref().unwrap_or_default();
+        assert!(
+            hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{hash}"
+        );
+    }
+    assert_eq!(record.runtime.lora_mode, framepack::LoraMode::Merge);
+    let adapters_record = framepack::RunRecord::read(out("adapters.json")).unwrap();
+    assert_eq!(
+        adapters_record.runtime.lora_mode,
+        framepack::LoraMode::Adapters
+    );
+
+    let replay = |name: &str| {
+        run(&[
+            "generate",
+            "--replay",
+            out("merged.json").to_str().unwrap(),
+            "--out",
+            out(name).to_str().unwrap(),
+        ])
+    };
+    let o = replay("replay.mp4");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        read_mp4(&out("replay.mp4")).frames,
+        read_mp4(&out("merged.mp4")).frames
+    );
+    assert_eq!(latents(&out("replay.latents.safetensors")), merged);
+
+    // The same file name with other weights is not the recorded LoRA.
+    write_lora(
+        &kohya,
+        true,
+        &[("transformer_blocks.0.attn.to_q", [32, 32])],
+        9,
+    );
+    let o = replay("changed.mp4");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("changed since the run was recorded"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out("changed.mp4").exists());
+}
+
+/// `--section-length 0.5` (eichi's half-second sections) and `--flavor eichi` reach the plan,
+/// the record and the replay: 2 s in F1 mode are 4 eichi sections (60 frames / 15) but 3
+/// FramePack ones (60 / 18, rounded), each section sampling 5 latents.
+#[test]
+fn half_second_sections_and_the_eichi_flavor_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = png(dir.path(), "kite.png", 120, 80, 7);
+    let out = |name: &str| dir.path().join(name);
+    let generate = |name: &str, extra: &[&str]| {
+        let args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), extra);
+        let o = run(&refs(&args));
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        framepack::RunRecord::read(out(name).with_extension("json")).unwrap()
+    };
+    let half = ["--section-length", "0.5", "--seconds", "2", "--mode", "f1"];
+    let eichi = generate("eichi.mp4", &[&half[..], &["--flavor", "eichi"]].concat());
+    let framepack = generate("framepack.mp4", &half);
+    let whole = generate("whole.mp4", &["--seconds", "2", "--mode", "f1"]);
+    assert_eq!(eichi.result.sections, 4);
+    assert_eq!(framepack.result.sections, 3);
+    assert_eq!(whole.result.sections, 2);
+    let json = std::fs::read_to_string(out("eichi.json")).unwrap();
+    assert!(json.contains(r#""window": "half-second""#), "{json}");
+    assert!(json.contains(r#""flavor": "eichi""#), "{json}");
+    for (name, record) in [("eichi.mp4", &eichi), ("framepack.mp4", &framepack)] {
+        // Every F1 section appends its 5 new latents (17 frames less the overlap).
+        assert_eq!(
+            record.result.latent_frames,
+            1 + 5 * record.result.sections,
+            "{name}"
+        );
+        assert_eq!(
+            read_mp4(&out(name)).frames.len() as u32,
+            record.result.frames,
+            "{name}"
+        );
+    }
+    let o = run(&[
+        "generate",
+        "--replay",
+        out("eichi.json").to_str().unwrap(),
+        "--out",
+        out("again.mp4").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        read_mp4(&out("again.mp4")).frames,
+        read_mp4(&out("eichi.mp4")).frames
+    );
+    // Only 1 and 0.5 are section lengths.
+    let args = tiny_args(
+        image.to_str().unwrap(),
+        out("bad.mp4").to_str().unwrap(),
+        &["--section-length", "2"],
+    );
+    let o = run(&refs(&args));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("section-length"), "{}", stderr(&o));
+}

@@ -30,6 +30,17 @@ pub enum Error {
         max: u32,
     },
 
+    /// A name (mode, flavor, ...) that is not one of the accepted ones.
+    #[error("unknown {what} `{value}`: expected {expected}")]
+    UnknownName {
+        /// What was being named (`mode`, ...).
+        what: &'static str,
+        /// The name given.
+        value: String,
+        /// The accepted names.
+        expected: &'static str,
+    },
+
     /// The latent window size is 0 or larger than supported.
     #[error("latent window size must be in 1..={max}, got {value}")]
     InvalidWindow {
@@ -168,6 +179,6 @@ mod tests {
             option: "keyframe",
             mode: Mode::F1,
         };
-        assert_eq!(e.to_string(), "keyframe is not available in F1 mode");
+        assert_eq!(e.to_string(), "keyframe is not available in f1 mode");
     }
 }

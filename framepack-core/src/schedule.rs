@@ -30,8 +30,12 @@ pub const MAX_SECTIONS: u32 = 100_000;
 /// The largest constant padding accepted (eichi's all-padding slider offers 0.2..=3.0).
 pub const MAX_CONSTANT_PADDING: f64 = 3.0;
 
-/// How the video is generated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// How the video is generated. Named by [`Mode::name`] everywhere (command line, run
+/// records, latent files, serde).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The original anti-drifting sampler (`demo_gradio.py`): windows are generated backwards in
     /// time, from the end of the video to the start.
@@ -43,19 +47,49 @@ pub enum Mode {
     OneFrame,
 }
 
+impl Mode {
+    /// Every mode, in the order the CLI lists them.
+    pub const ALL: [Mode; 3] = [Mode::Inverted, Mode::F1, Mode::OneFrame];
+
+    /// The mode's name on the command line, in run records and in latent files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Inverted => "inverted",
+            Self::F1 => "f1",
+            Self::OneFrame => "one-frame",
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Inverted => "inverted",
-            Self::F1 => "F1",
-            Self::OneFrame => "one-frame",
-        })
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+
+    /// [`Mode::name`], case-insensitive (`one_frame` and `oneframe` are accepted too).
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == wanted || (wanted == "oneframe" && *m == Self::OneFrame))
+            .ok_or_else(|| Error::UnknownName {
+                what: "mode",
+                value: s.to_string(),
+                expected: "inverted, f1 or one-frame",
+            })
     }
 }
 
 /// Which reference application's conventions to follow where FramePack and FramePack-eichi
 /// differ. Everything not listed here is identical in both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Flavor {
     /// lllyasviel/FramePack's demos.
     #[default]
@@ -68,7 +102,8 @@ pub enum Flavor {
     Eichi,
 }
 
-/// The latent window: how many latent frames each section samples.
+/// The latent window: how many latent frames each section samples. In serde (run records) a
+/// latent count is a number and the 0.5 s sections the string `"half-second"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WindowSize {
     /// `L` latent frames per section (`4L − 3` pixel frames sampled; FramePack's default is 9).
@@ -77,6 +112,67 @@ pub enum WindowSize {
     /// use 4.5 (`round(seconds·30/18)`, `int(p·4.5)`), but each section samples 17 pixel frames,
     /// i.e. 5 latents, and is indexed and decoded as a window of 5.
     HalfSecond,
+}
+
+impl Flavor {
+    /// The flavor's name on the command line and in run records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FramePack => "framepack",
+            Self::Eichi => "eichi",
+        }
+    }
+}
+
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Flavor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [Self::FramePack, Self::Eichi]
+            .into_iter()
+            .find(|f| f.name() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| Error::UnknownName {
+                what: "flavor",
+                value: s.to_string(),
+                expected: "framepack or eichi",
+            })
+    }
+}
+
+/// The serde name of [`WindowSize::HalfSecond`].
+const HALF_SECOND: &str = "half-second";
+
+impl serde::Serialize for WindowSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Latents(l) => s.serialize_u32(*l),
+            Self::HalfSecond => s.serialize_str(HALF_SECOND),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WindowSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Latents(u32),
+            Name(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Latents(l) => Ok(Self::Latents(l)),
+            Repr::Name(n) if n == HALF_SECOND => Ok(Self::HalfSecond),
+            Repr::Name(n) => Err(serde::de::Error::custom(format!(
+                "window `{n}`: expected a latent count or `{HALF_SECOND}`"
+            ))),
+        }
+    }
 }
 
 impl Default for WindowSize {
@@ -650,6 +746,34 @@ mod tests {
     use crate::blend::LatentSpan;
     use crate::chain::{Anchor, PromptChoice};
     use crate::packing::{LatentSource, SegmentKind};
+
+    #[test]
+    fn mode_names_round_trip_and_unknown_names_are_refused() {
+        for mode in Mode::ALL {
+            assert_eq!(mode.to_string().parse::<Mode>(), Ok(mode));
+        }
+        assert_eq!("F1".parse::<Mode>(), Ok(Mode::F1));
+        assert_eq!("one_frame".parse::<Mode>(), Ok(Mode::OneFrame));
+        for window in [WindowSize::Latents(9), WindowSize::HalfSecond] {
+            let json = serde_json::to_string(&window).unwrap();
+            assert_eq!(serde_json::from_str::<WindowSize>(&json).unwrap(), window);
+        }
+        assert_eq!(serde_json::to_string(&WindowSize::Latents(7)).unwrap(), "7");
+        assert!(serde_json::from_str::<WindowSize>("\"quarter\"").is_err());
+        for flavor in [Flavor::FramePack, Flavor::Eichi] {
+            assert_eq!(flavor.to_string().parse::<Flavor>(), Ok(flavor));
+        }
+        for mode in Mode::ALL {
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(json, format!("\"{}\"", mode.name()));
+            assert_eq!(serde_json::from_str::<Mode>(&json).unwrap(), mode);
+        }
+        let err = "backwards".parse::<Mode>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown mode `backwards`: expected inverted, f1 or one-frame"
+        );
+    }
     use proptest::prelude::*;
 
     fn plan(seconds: f64) -> SectionPlan {

@@ -18,11 +18,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use framepack::framepack_core::{Flavor, WindowSize};
 use framepack::hub::{self, Component, ModelLocations};
 use framepack::memory::{dtype_name, parse_dtype};
 use framepack::{
-    CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, MemoryMode, Mode, Outputs,
-    Pipeline, Progress, Request, Resolution, RunRecord, Stage, WeightFormat,
+    CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, LoraChoice, LoraMode,
+    MemoryMode, Mode, Outputs, Pipeline, Progress, Request, Resolution, RunRecord, Stage,
+    WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -108,6 +110,14 @@ struct RequestArgs {
     /// Latent frames per section (one-frame mode: eichi's RoPE value).
     #[arg(long, default_value_t = 9)]
     window: u32,
+    /// Seconds per section, 1 (FramePack's window of 9 latents, 33 frames) or 0.5
+    /// (FramePack-eichi's half-second sections: 17 frames each). Overrides --window.
+    #[arg(long, value_name = "1|0.5")]
+    section_length: Option<f64>,
+    /// Whose conventions to follow where they differ: framepack, or eichi (its F1 section
+    /// count divides by 4·window − 3 frames; its last 0.5 s section decodes 11 latents).
+    #[arg(long, default_value_t = Flavor::FramePack)]
+    flavor: Flavor,
     /// eichi's constant padding 0..=3 for every inverted section but the last, instead of the
     /// reference schedule.
     #[arg(long)]
@@ -122,6 +132,10 @@ struct RequestArgs {
     /// instead of refusing it.
     #[arg(long)]
     allow_prompt_truncation: bool,
+    /// A LoRA for the transformer, PATH or PATH:STRENGTH (repeatable; strength 1 when not
+    /// given; kohya/musubi, diffusers or HunyuanVideo keys). Recorded with the file's SHA-256.
+    #[arg(long, value_name = "PATH[:STRENGTH]")]
+    lora: Vec<LoraChoice>,
 }
 
 /// Which weights, where, on which device.
@@ -162,6 +176,11 @@ struct ModelArgs {
     /// activations rounded to e4m3 per token): faster, a little less exact. Implies --fp8.
     #[arg(long)]
     fp8_tensor_cores: bool,
+    /// How LoRAs are applied: merge (into the weights while they load; works with --fp8 and
+    /// low-vram) or adapters (beside the weights: no merge, a little slower per step; resident
+    /// memory only).
+    #[arg(long, default_value_t = LoraMode::Merge)]
+    lora_mode: LoraMode,
 }
 
 #[derive(Args, Clone, Default)]
@@ -362,13 +381,17 @@ fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Reque
         .gs(a.gs)
         .rs(a.rs)
         .teacache((!a.no_teacache).then_some(a.teacache_threshold))
-        .mode(framepack::parse_mode(&a.mode)?)
+        .mode(a.mode.parse()?)
         .resolution(resolution)
-        .window(a.window)
+        .window(section_window(a.section_length, a.window)?)
+        .flavor(a.flavor)
         .constant_padding(a.padding)
         .image_influence(a.image_influence)
         .shift(a.shift)
         .allow_prompt_truncation(a.allow_prompt_truncation);
+    for lora in &a.lora {
+        r = r.lora(lora.path.clone(), lora.strength);
+    }
     if let Some(end) = &a.end_image {
         r = r.end_frame(InputImage::open(end)?, a.end_strength);
     }
@@ -381,6 +404,20 @@ fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Reque
         r = r.section_prompt(section, text);
     }
     Ok(r)
+}
+
+/// The window of `--section-length` (1 s: `--window`'s latents; 0.5 s: eichi's half-second
+/// sections).
+fn section_window(length: Option<f64>, window: u32) -> Result<WindowSize, Error> {
+    match length {
+        None => Ok(WindowSize::Latents(window)),
+        Some(l) if l == 1.0 => Ok(WindowSize::Latents(window)),
+        Some(l) if l == 0.5 => Ok(WindowSize::HalfSecond),
+        Some(l) => Err(invalid(
+            "section-length",
+            format!("{l}: expected 1 or 0.5 (seconds per section)"),
+        )),
+    }
 }
 
 fn start_image(a: &RequestArgs) -> Result<InputImage, Error> {
@@ -721,7 +758,9 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
         } else {
             WeightFormat::Dense
         })
-        .mode(request.mode_value());
+        .mode(request.mode_value())
+        .lora_mode(args.models.lora_mode)
+        .loras(request.loras());
     let loading = match tiny {
         Some(seed) => {
             builder = builder.tiny_random(seed);
@@ -917,7 +956,7 @@ fn plan(args: PlanArgs) -> Result<(), Error> {
     );
     println!(
         "mode {}, {} section(s) of {} latent(s), {} latent frames, {} frames = {:.3} s at 30 fps",
-        framepack::mode_str(s.mode()),
+        s.mode(),
         s.sections(),
         s.latents_per_section(),
         s.total_latent_frames(),

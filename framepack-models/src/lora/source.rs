@@ -8,8 +8,8 @@ use burn::tensor::{DType, Tensor};
 use super::{LoraReport, LoraSet};
 use crate::error::ModelError;
 use crate::ops::FramePackBackend;
-use crate::transformer::FramePackTransformer;
-use crate::weights::{SafetensorsSource, TensorSource, WeightError};
+use crate::transformer::{FramePackTransformer, LoadOptions};
+use crate::weights::{TensorSource, WeightError};
 
 /// A [`TensorSource`] that merges a [`LoraSet`] into the weights of another source as the model
 /// asks for them: `W' = W + Σ m_i · (up_i @ down_i) · alpha_i / rank_i`.
@@ -101,12 +101,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         dtype: DType,
         loras: &LoraSet,
     ) -> Result<(Self, LoraReport), ModelError> {
-        let path = path.as_ref();
-        let config = Self::folder_config(path)?;
-        let mut src = LoraSource::new(SafetensorsSource::open(path, device)?, loras);
-        let model = Self::load(&mut src, config, dtype)?;
-        let (inner, report) = src.finish();
-        inner.finish(|_| false)?;
-        Ok((model, report))
+        let options = LoadOptions::new(dtype).loras(loras.clone());
+        Self::from_folder_options(path, device, &options)
     }
 }
