@@ -33,6 +33,7 @@ pub mod error;
 mod frames;
 pub mod hub;
 mod input;
+mod kisekae;
 mod lora;
 pub mod memory;
 mod on_demand;
@@ -47,6 +48,7 @@ pub use error::{Error, Result};
 pub use framepack_models::ops::DeviceMemory;
 pub use frames::Frames;
 pub use input::InputImage;
+pub use kisekae::KisekaeReference;
 pub use lora::{LoraChoice, LoraMode, DEFAULT_LORA_STRENGTH};
 pub use memory::{Dtypes, MemoryMode};
 pub use pipeline::{

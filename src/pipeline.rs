@@ -41,6 +41,8 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::frames::{latent_preview, Clip, Frames};
 use crate::hub::{Component, ModelLocations};
+use crate::input::InputImage;
+use crate::kisekae;
 use crate::lora::{self, LoraChoice, LoraMode};
 use crate::memory::{dtype_name, Dtypes, MemoryMode};
 use crate::on_demand::{Loader, OnDemand, TextSlot};
@@ -1011,6 +1013,17 @@ impl<B: FramePackBackend> Pipeline<B> {
         for (&section, image) in &request.keyframes {
             let rgb = image.to_bucket(bucket)?;
             inputs = inputs.keyframe(section, self.encode_latent(&rgb, bw, bh)?);
+        }
+        if let Some(k) = &request.kisekae {
+            let rgb = k.image.to_bucket(bucket)?;
+            inputs = inputs.reference(self.encode_latent(&rgb, bw, bh)?);
+            let latent = [bh / 8, bw / 8];
+            let mask = |m: &Option<InputImage>| {
+                m.as_ref()
+                    .map(|m| kisekae::mask_tensor::<B>(m, latent, &self.device))
+                    .transpose()
+            };
+            inputs = inputs.masks(mask(&k.input_mask)?, mask(&k.reference_mask)?);
         }
         self.release_encoders();
         timing.images_s = t.elapsed().as_secs_f64();

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::input::InputImage;
+use crate::kisekae::KisekaeReference;
 use crate::lora::LoraChoice;
 
 /// The resolution a generation runs at.
@@ -162,6 +163,8 @@ pub struct Request {
     pub(crate) allow_prompt_truncation: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) loras: Vec<LoraChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) kisekae: Option<KisekaeReference>,
 }
 
 /// The largest step count accepted (the demo's slider stops at 100).
@@ -193,6 +196,7 @@ impl Request {
             shift: None,
             allow_prompt_truncation: false,
             loras: Vec::new(),
+            kisekae: None,
         }
     }
 
@@ -325,6 +329,13 @@ impl Request {
         self
     }
 
+    /// eichi's kisekaeichi reference (one-frame mode): the frame takes on the reference
+    /// image's look.
+    pub fn kisekae(mut self, kisekae: KisekaeReference) -> Self {
+        self.kisekae = Some(kisekae);
+        self
+    }
+
     /// The LoRAs, in the order given.
     pub fn loras(&self) -> &[LoraChoice] {
         &self.loras
@@ -372,6 +383,11 @@ impl Request {
         for image in self.keyframes.values_mut() {
             image.reload()?;
         }
+        if let Some(k) = &mut self.kisekae {
+            for image in k.images_mut() {
+                image.reload()?;
+            }
+        }
         Ok(())
     }
 
@@ -394,6 +410,9 @@ impl Request {
         }
         if let Some(v) = self.image_influence {
             g = g.image_influence(v);
+        }
+        if let Some(k) = &self.kisekae {
+            g = g.kisekae(k.layout());
         }
         g
     }
@@ -462,6 +481,9 @@ impl Request {
         self.image.rgb()?;
         if let Some(end) = &self.end_frame {
             end.image.rgb()?;
+        }
+        for image in self.kisekae.iter().flat_map(|k| k.images()) {
+            image.rgb()?;
         }
         for image in self.keyframes.values() {
             image.rgb()?;

@@ -523,7 +523,7 @@ fn history_round_trips_through_safetensors_and_extends() {
     assert_eq!(back, params);
     assert_eq!(
         (back.mode.as_str(), back.seed, back.steps, back.sections),
-        ("F1", 31337, 2, 2)
+        ("f1", 31337, 2, 2)
     );
     assert_eq!(loaded.generated(), r.output.history.generated());
     assert_eq!(loaded.plan(), r.output.history.plan());

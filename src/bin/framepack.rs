@@ -22,8 +22,8 @@ use framepack::framepack_core::{Flavor, WindowSize};
 use framepack::hub::{self, Component, ModelLocations};
 use framepack::memory::{dtype_name, parse_dtype};
 use framepack::{
-    CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, LoraChoice, LoraMode,
-    MemoryMode, Mode, Outputs, Pipeline, Progress, Request, Resolution, RunRecord, Stage,
+    CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, KisekaeReference, LoraChoice,
+    LoraMode, MemoryMode, Mode, Outputs, Pipeline, Progress, Request, Resolution, RunRecord, Stage,
     WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -136,6 +136,28 @@ struct RequestArgs {
     /// given; kohya/musubi, diffusers or HunyuanVideo keys). Recorded with the file's SHA-256.
     #[arg(long, value_name = "PATH[:STRENGTH]")]
     lora: Vec<LoraChoice>,
+    /// One-frame mode: eichi's kisekaeichi reference image, whose look the frame takes on.
+    #[arg(long, value_name = "PATH")]
+    reference_image: Option<PathBuf>,
+    /// With --reference-image: a mask of the start image (white keeps, black zeroes).
+    #[arg(long, value_name = "PATH", requires = "reference_image")]
+    input_mask: Option<PathBuf>,
+    /// With --reference-image: a mask of the reference image (white keeps, black zeroes).
+    #[arg(long, value_name = "PATH", requires = "reference_image")]
+    reference_mask: Option<PathBuf>,
+    /// With --reference-image: the reference latent's RoPE time index (eichi's history index).
+    #[arg(long, default_value_t = 13, requires = "reference_image")]
+    history_index: u32,
+    /// With --reference-image: the generated frame's RoPE time index (eichi's target index;
+    /// clamped to window − 1).
+    #[arg(long, default_value_t = 1, requires = "reference_image")]
+    target_index: u32,
+    /// With --reference-image: drop the 2x context group.
+    #[arg(long, requires = "reference_image")]
+    no_clean_2x: bool,
+    /// With --reference-image: drop the 4x context group.
+    #[arg(long, requires = "reference_image")]
+    no_clean_4x: bool,
 }
 
 /// Which weights, where, on which device.
@@ -391,6 +413,19 @@ fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Reque
         .allow_prompt_truncation(a.allow_prompt_truncation);
     for lora in &a.lora {
         r = r.lora(lora.path.clone(), lora.strength);
+    }
+    if let Some(reference) = &a.reference_image {
+        let mut k = KisekaeReference::new(InputImage::open(reference)?)
+            .history_index(a.history_index)
+            .target_index(a.target_index)
+            .context_groups(!a.no_clean_2x, !a.no_clean_4x);
+        if let Some(mask) = &a.input_mask {
+            k = k.input_mask(InputImage::open(mask)?);
+        }
+        if let Some(mask) = &a.reference_mask {
+            k = k.reference_mask(InputImage::open(mask)?);
+        }
+        r = r.kisekae(k);
     }
     if let Some(end) = &a.end_image {
         r = r.end_frame(InputImage::open(end)?, a.end_strength);
