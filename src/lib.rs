@@ -35,6 +35,7 @@ pub mod hub;
 mod input;
 mod kisekae;
 mod lora;
+mod magcache;
 pub mod memory;
 mod on_demand;
 mod pipeline;
@@ -50,6 +51,7 @@ pub use frames::Frames;
 pub use input::InputImage;
 pub use kisekae::KisekaeReference;
 pub use lora::{LoraChoice, LoraMode, DEFAULT_LORA_STRENGTH};
+pub use magcache::{read_ratios, MagCacheSettings};
 pub use memory::{Dtypes, MemoryMode};
 pub use pipeline::{
     DefaultBackend, Outputs, Pipeline, PipelineBuilder, Progress, SectionProgress, Stage,

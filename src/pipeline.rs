@@ -1045,9 +1045,10 @@ impl<B: FramePackBackend> Pipeline<B> {
         if let Some(n) = negative {
             conditions = conditions.negative(n);
         }
-        let cache = match request.teacache {
-            Some(threshold) => CacheMode::TeaCache(TeaCache::default().threshold(threshold)),
-            None => CacheMode::Off,
+        let cache = match (request.teacache, &request.magcache) {
+            (Some(threshold), _) => CacheMode::TeaCache(TeaCache::default().threshold(threshold)),
+            (None, Some(m)) => CacheMode::MagCache(m.cache()),
+            (None, None) => CacheMode::Off,
         };
         let transformer = self
             .transformer
@@ -1141,6 +1142,7 @@ impl<B: FramePackBackend> Pipeline<B> {
         timing.decode_s = decode_time.as_secs_f64();
         timing.sampling_s = (t.elapsed() - decode_time).as_secs_f64();
         let stats = denoiser.model().stats();
+        let magcache_ratios = denoiser.model().step_cache().calibrated_ratios();
 
         let frames = clip.to_frames();
         if frames.len() != plan.frames() as usize {
@@ -1156,7 +1158,8 @@ impl<B: FramePackBackend> Pipeline<B> {
         timing.total_s = started.elapsed().as_secs_f64();
         let mut recorded = request.clone();
         recorded.loras = loras;
-        let record = self.record(&recorded, &plan, &output.history, stats, timing, warnings);
+        let mut record = self.record(&recorded, &plan, &output.history, stats, timing, warnings);
+        record.result.magcache_ratios = magcache_ratios;
         Ok(Video {
             frames,
             latents: output.history,
@@ -1229,6 +1232,7 @@ impl<B: FramePackBackend> Pipeline<B> {
                 duration_s: plan.duration(),
                 model_calls: stats.calls as u64,
                 model_calls_skipped: stats.skipped as u64,
+                magcache_ratios: None,
             },
             timing,
             warnings,

@@ -63,8 +63,12 @@ pub struct ResultRecord {
     pub duration_s: f64,
     /// Transformer calls made, and how many of them a step cache answered.
     pub model_calls: u64,
-    /// Calls skipped by TeaCache.
+    /// Calls skipped by the step cache (TeaCache or MagCache).
     pub model_calls_skipped: u64,
+    /// The magnitude ratios a MagCache calibration run measured, one per call of a window
+    /// (`--magcache-ratios RUN.json` reads them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub magcache_ratios: Option<Vec<f64>>,
 }
 
 /// Wall time of each stage, in seconds.

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::input::InputImage;
 use crate::kisekae::KisekaeReference;
 use crate::lora::LoraChoice;
+use crate::magcache::MagCacheSettings;
 
 /// The resolution a generation runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -148,6 +149,8 @@ pub struct Request {
     pub(crate) gs: f64,
     pub(crate) rs: f64,
     pub(crate) teacache: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) magcache: Option<MagCacheSettings>,
     pub(crate) mode: Mode,
     pub(crate) resolution: Resolution,
     pub(crate) window: WindowSize,
@@ -187,6 +190,7 @@ impl Request {
             gs: 10.0,
             rs: 0.0,
             teacache: Some(framepack_sampling::TeaCache::THRESHOLD),
+            magcache: None,
             mode: Mode::Inverted,
             resolution: Resolution::default(),
             window: WindowSize::default(),
@@ -264,6 +268,13 @@ impl Request {
     /// TeaCache with its threshold (`Some(0.15)`, the default), or off (`None`).
     pub fn teacache(mut self, threshold: Option<f64>) -> Self {
         self.teacache = threshold;
+        self
+    }
+
+    /// MagCache instead of TeaCache (`Some`; needs `teacache(None)`), or none. See
+    /// [`MagCacheSettings`]: without a ratio table the job is a calibration run.
+    pub fn magcache(mut self, settings: Option<MagCacheSettings>) -> Self {
+        self.magcache = settings;
         self
     }
 
@@ -434,6 +445,15 @@ impl Request {
             ));
         }
         self.guidance().validate()?;
+        if let Some(m) = &self.magcache {
+            if self.teacache.is_some() {
+                return Err(Error::invalid(
+                    "magcache",
+                    "TeaCache is on too: choose one step cache (`teacache(None)`, `--cache magcache`)",
+                ));
+            }
+            m.check()?;
+        }
         if let Some(t) = self.teacache {
             if !(t.is_finite() && t >= 0.0) {
                 return Err(Error::invalid(

@@ -625,3 +625,95 @@ fn kisekae_reference_and_masks_from_the_command_line() {
     assert!(stderr(&o).contains("--reference-image"), "{}", stderr(&o));
     assert!(!out("bad.png").exists());
 }
+
+/// MagCache from the command line: without a ratio table the run calibrates (every call
+/// computed, the ratios recorded); with the calibration run's record as the table, calls are
+/// skipped, the output stays close to the uncached one, and a replay is identical.
+#[test]
+fn magcache_calibrates_then_skips_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = png(dir.path(), "tree.png", 120, 80, 13);
+    let out = |name: &str| dir.path().join(name);
+    let generate = |name: &str, extra: &[&str]| {
+        let mut all = vec!["--steps", "10"];
+        all.extend_from_slice(extra);
+        let args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), &all);
+        let o = run(&refs(&args));
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        framepack::RunRecord::read(out(name).with_extension("json")).unwrap()
+    };
+    let none = generate("none.mp4", &["--cache", "none"]);
+    assert_eq!(none.result.model_calls_skipped, 0);
+    let calibration = generate("calibrate.mp4", &["--cache", "magcache"]);
+    assert_eq!(calibration.result.model_calls_skipped, 0);
+    let ratios = calibration
+        .result
+        .magcache_ratios
+        .clone()
+        .expect("recorded ratios");
+    assert_eq!(ratios.len(), 10, "one ratio per call of a window");
+    assert!(
+        ratios.iter().all(|r| r.is_finite() && *r > 0.0),
+        "{ratios:?}"
+    );
+    // The calibration run computes what the uncached run computes.
+    assert_eq!(
+        latents(&out("calibrate.latents.safetensors")),
+        latents(&out("none.latents.safetensors"))
+    );
+
+    let table = out("calibrate.json");
+    let cached = generate(
+        "cached.mp4",
+        &[
+            "--cache",
+            "magcache",
+            "--magcache-ratios",
+            table.to_str().unwrap(),
+            "--magcache-threshold",
+            "0.5",
+        ],
+    );
+    let skipped = cached.result.model_calls_skipped;
+    assert!(skipped > 0, "MagCache skipped nothing");
+    let magcache = cached.request.clone();
+    let json = serde_json::to_string(&magcache).unwrap();
+    assert!(json.contains(r#""magcache":{"threshold":0.5"#), "{json}");
+    let error = relative_l2(
+        &latents(&out("cached.latents.safetensors")),
+        &latents(&out("none.latents.safetensors")),
+    );
+    println!(
+        "MagCache: {skipped} of {} calls skipped, {error:.3e} from uncached",
+        cached.result.model_calls
+    );
+    assert!(error > 0.0 && error < 0.2, "{error:.3e}");
+
+    let o = run(&[
+        "generate",
+        "--replay",
+        out("cached.json").to_str().unwrap(),
+        "--out",
+        out("again.mp4").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        read_mp4(&out("again.mp4")).frames,
+        read_mp4(&out("cached.mp4")).frames
+    );
+    // A table that is not one.
+    std::fs::write(out("bad.json"), "{\"ratios\": 3}").unwrap();
+    let args = tiny_args(
+        image.to_str().unwrap(),
+        out("bad.mp4").to_str().unwrap(),
+        &[
+            "--cache",
+            "magcache",
+            "--magcache-ratios",
+            out("bad.json").to_str().unwrap(),
+        ],
+    );
+    let o = run(&refs(&args));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("magcache-ratios"), "{}", stderr(&o));
+}

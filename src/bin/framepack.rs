@@ -23,8 +23,8 @@ use framepack::hub::{self, Component, ModelLocations};
 use framepack::memory::{dtype_name, parse_dtype};
 use framepack::{
     CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, KisekaeReference, LoraChoice,
-    LoraMode, MemoryMode, Mode, Outputs, Pipeline, Progress, Request, Resolution, RunRecord, Stage,
-    WeightFormat,
+    LoraMode, MagCacheSettings, MemoryMode, Mode, Outputs, Pipeline, Progress, Request, Resolution,
+    RunRecord, Stage, WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -94,12 +94,29 @@ struct RequestArgs {
     /// CFG rescale, 0..=1.
     #[arg(long, default_value_t = 0.0)]
     rs: f64,
-    /// Turn TeaCache off (it is on by default, as in FramePack).
-    #[arg(long)]
+    /// Turn TeaCache off (it is on by default, as in FramePack); the same as --cache none.
+    #[arg(long, conflicts_with = "cache")]
     no_teacache: bool,
+    /// The step cache that skips transformer calls: teacache (FramePack's), magcache
+    /// (FramePack-Studio's; without --magcache-ratios the run calibrates, computing every call
+    /// and recording its ratios), or none.
+    #[arg(long, value_enum, default_value_t = CacheArg::Teacache)]
+    cache: CacheArg,
     /// TeaCache threshold (higher skips more model calls).
     #[arg(long, default_value_t = 0.15)]
     teacache_threshold: f64,
+    /// MagCache: accumulated-error threshold (higher skips more).
+    #[arg(long, default_value_t = 0.1)]
+    magcache_threshold: f64,
+    /// MagCache: most skipped calls in a row.
+    #[arg(long, default_value_t = 2)]
+    magcache_max_skips: usize,
+    /// MagCache: the fraction of each window's first calls that are always computed.
+    #[arg(long, default_value_t = 0.2)]
+    magcache_retention: f64,
+    /// MagCache: the ratio table, a JSON array or the run record of a calibration run.
+    #[arg(long, value_name = "FILE")]
+    magcache_ratios: Option<PathBuf>,
     /// inverted (anti-drifting), f1 (forward) or one-frame.
     #[arg(long, default_value = "inverted")]
     mode: String,
@@ -158,6 +175,17 @@ struct RequestArgs {
     /// With --reference-image: drop the 4x context group.
     #[arg(long, requires = "reference_image")]
     no_clean_4x: bool,
+}
+
+/// `--cache`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CacheArg {
+    /// FramePack's TeaCache.
+    Teacache,
+    /// FramePack-Studio's MagCache.
+    Magcache,
+    /// Every call computed.
+    None,
 }
 
 /// Which weights, where, on which device.
@@ -402,7 +430,20 @@ fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Reque
         .cfg(a.cfg)
         .gs(a.gs)
         .rs(a.rs)
-        .teacache((!a.no_teacache).then_some(a.teacache_threshold))
+        .teacache((a.cache == CacheArg::Teacache && !a.no_teacache).then_some(a.teacache_threshold))
+        .magcache(match a.cache {
+            CacheArg::Magcache => Some(MagCacheSettings {
+                threshold: a.magcache_threshold,
+                max_skips: a.magcache_max_skips,
+                retention: a.magcache_retention,
+                ratios: a
+                    .magcache_ratios
+                    .as_ref()
+                    .map(framepack::read_ratios)
+                    .transpose()?,
+            }),
+            _ => None,
+        })
         .mode(a.mode.parse()?)
         .resolution(resolution)
         .window(section_window(a.section_length, a.window)?)
@@ -445,9 +486,8 @@ fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Reque
 /// sections).
 fn section_window(length: Option<f64>, window: u32) -> Result<WindowSize, Error> {
     match length {
-        None => Ok(WindowSize::Latents(window)),
-        Some(l) if l == 1.0 => Ok(WindowSize::Latents(window)),
-        Some(l) if l == 0.5 => Ok(WindowSize::HalfSecond),
+        None | Some(1.0) => Ok(WindowSize::Latents(window)),
+        Some(0.5) => Ok(WindowSize::HalfSecond),
         Some(l) => Err(invalid(
             "section-length",
             format!("{l}: expected 1 or 0.5 (seconds per section)"),
