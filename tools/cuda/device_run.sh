@@ -4,14 +4,7 @@
 # (cuda_bench, cuda_ops) and ref_transformer.py into .device-bin/ and the diffusers wheel into
 # .perf-wheels/ (see docs/performance.md). Prints a table last.
 set -u
-cd .device-bin
-# Binaries travel xz-compressed (the carried tree is limited to 64 MiB).
-for f in *.xz; do [ -e "$f" ] || continue; python3 -c "import lzma,sys,shutil; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3],'wb'))" "$f" && chmod +x "${f%.xz}"; done
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-export RUST_BACKTRACE=1
-# cuBLASLt / NVRTC: the toolkit's and PyTorch's copies, whichever the loader finds first.
-NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0] if hasattr(nvidia,"__path__") else nvidia.__file__))' 2>/dev/null)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${NV:+$NV/nvidia/cu13/lib:}${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/setup.sh"
 ldd --version | head -1; ls /usr/local/cuda/lib64/libcublasLt.so* /usr/local/cuda/lib64/libnvrtc.so* 2>&1 | head -4
 echo "== cuda_ops"; CUBECL_AUTOTUNE_LEVEL=minimal timeout 300 ./cuda_ops --test-threads=1 --nocapture 2>&1 | grep -v "^\s*$" | tail -45; echo "cuda_ops exit: ${PIPESTATUS[0]}"
 echo "== reference (PyTorch)"; pip install -q --no-deps --target /tmp/dp ../.perf-wheels/*.whl 2>/dev/null

@@ -7,13 +7,7 @@
 #   cargo test --release --features cuda --test cuda_threads --no-run
 # Usage: bash tools/cuda/test_run.sh cuda_ops cuda_threads   (prints a table last)
 set -u
-cd .device-bin
-for f in *.xz; do [ -e "$f" ] || continue; python3 -c "import lzma,sys,shutil; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3],'wb'))" "$f" && chmod +x "${f%.xz}"; done
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-export RUST_BACKTRACE=1
-# cuBLASLt / NVRTC: the toolkit's and PyTorch's copies, whichever the loader finds first.
-NV=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0] if hasattr(nvidia,"__path__") else nvidia.__file__))' 2>/dev/null)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${NV:+$NV/nvidia/cu13/lib:}${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/setup.sh"
 table=""
 LOGS=${OUT:-/tmp}
 for bin in "$@"; do
