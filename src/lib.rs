@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod device;
 pub mod error;
 mod frames;
 pub mod hub;
@@ -45,6 +46,7 @@ mod tiny;
 pub mod video;
 
 pub use burn::tensor::DType;
+pub use device::DeviceChoice;
 pub use error::{Error, Result};
 pub use framepack_models::ops::DeviceMemory;
 pub use frames::Frames;
@@ -57,7 +59,7 @@ pub use pipeline::{
     DefaultBackend, Outputs, Pipeline, PipelineBuilder, Progress, SectionProgress, Stage,
     StepProgress, Video, WeightFormat,
 };
-pub use record::RunRecord;
+pub use record::{ModelKind, RunRecord};
 pub use request::{EndFrame, JobPlan, Request, Resolution};
 
 pub use framepack_core;

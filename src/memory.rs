@@ -77,17 +77,38 @@ impl std::str::FromStr for MemoryMode {
     }
 }
 
-/// The compute dtype of each network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The compute dtype of each network. In run records a map of names:
+/// `{"transformer": "bf16", "vae": "f16", "text": "f16", "image": "f16"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dtypes {
     /// The packed transformer (reference: bf16; its `proj_out` always runs in fp32).
+    #[serde(with = "dtype_serde")]
     pub transformer: DType,
     /// The VAE (reference: fp16).
+    #[serde(with = "dtype_serde")]
     pub vae: DType,
     /// LLaMA and CLIP (reference: fp16).
+    #[serde(with = "dtype_serde")]
     pub text: DType,
     /// SigLIP (reference: fp16).
+    #[serde(with = "dtype_serde")]
     pub image: DType,
+}
+
+/// A dtype as its name ([`dtype_name`], [`parse_dtype`]).
+mod dtype_serde {
+    use burn::tensor::DType;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(dtype: &DType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::dtype_name(*dtype))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+        let name = String::deserialize(d)?;
+        super::parse_dtype(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown dtype `{name}`")))
+    }
 }
 
 impl Dtypes {
@@ -163,8 +184,8 @@ pub fn dtype_name(dtype: DType) -> String {
     }
 }
 
-/// Parses `f32`, `f16`/`fp16` or `bf16`.
-pub fn parse_dtype(s: &str) -> Option<DType> {
+/// Parses `f32`, `f16`/`fp16` or `bf16` (run records).
+pub(crate) fn parse_dtype(s: &str) -> Option<DType> {
     match s.to_ascii_lowercase().as_str() {
         "f32" | "fp32" | "float32" => Some(DType::F32),
         "f16" | "fp16" | "float16" => Some(DType::F16),

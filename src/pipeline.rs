@@ -47,7 +47,7 @@ use crate::lora::{self, LoraChoice, LoraMode};
 use crate::memory::{dtype_name, Dtypes, MemoryMode};
 use crate::on_demand::{Loader, OnDemand, TextSlot};
 use crate::record::{
-    ModelsRecord, OutputsRecord, ResultRecord, RunRecord, RuntimeRecord, TimingRecord,
+    ModelKind, ModelsRecord, OutputsRecord, ResultRecord, RunRecord, RuntimeRecord, TimingRecord,
     RECORD_FORMAT, RECORD_VERSION,
 };
 use crate::request::{JobPlan, PromptRole, Request};
@@ -854,7 +854,7 @@ impl<B: Backend> Video<B> {
         let r = &self.record.request;
         let mut extra = BTreeMap::new();
         extra.insert("prompt".to_string(), r.prompt.clone());
-        extra.insert("models".to_string(), self.record.models.kind.clone());
+        extra.insert("models".to_string(), self.record.models.kind.to_string());
         extra.insert("framepack_rs".to_string(), self.record.framepack_rs.clone());
         extra.insert("flavor".to_string(), r.flavor.to_string());
         GenerationParams {
@@ -1179,37 +1179,18 @@ impl<B: FramePackBackend> Pipeline<B> {
         let models = match &self.source {
             Source::Random { seed, scale } => ModelsRecord {
                 kind: match scale {
-                    Scale::Tiny => "tiny-random",
-                    Scale::Full => "full-size-random",
-                }
-                .into(),
+                    Scale::Tiny => ModelKind::TinyRandom,
+                    Scale::Full => ModelKind::FullSizeRandom,
+                },
                 seed: Some(*seed),
                 revisions: BTreeMap::new(),
             },
             Source::Pretrained(_) => ModelsRecord {
-                kind: "framepack".into(),
+                kind: ModelKind::Framepack,
                 seed: None,
                 revisions: self.revisions.clone(),
             },
         };
-        let mut dtypes: BTreeMap<String, String> = self
-            .dtypes
-            .named()
-            .into_iter()
-            .map(|(k, d)| (k.to_string(), dtype_name(d)))
-            .collect();
-        match self.block_weights {
-            WeightFormat::Dense => {}
-            WeightFormat::Fp8 => {
-                dtypes.insert("transformer_block_weights".into(), "fp8_e4m3".into());
-            }
-            WeightFormat::Fp8TensorCores => {
-                dtypes.insert(
-                    "transformer_block_weights".into(),
-                    "fp8_e4m3, fp8 tensor-core products".into(),
-                );
-            }
-        }
         RunRecord {
             format: RECORD_FORMAT.into(),
             version: RECORD_VERSION,
@@ -1219,8 +1200,9 @@ impl<B: FramePackBackend> Pipeline<B> {
             runtime: RuntimeRecord {
                 backend: B::name(&self.device),
                 device: format!("{:?}", self.device),
-                dtypes,
-                memory: self.memory.to_string(),
+                dtypes: self.dtypes,
+                block_weights: self.block_weights,
+                memory: self.memory,
                 lora_mode: self.lora_mode,
             },
             result: ResultRecord {

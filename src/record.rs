@@ -8,19 +8,50 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::memory::{Dtypes, MemoryMode};
 use crate::request::Request;
 use crate::video::Staged;
+use crate::WeightFormat;
 
 /// The `format` of a run record.
 pub const RECORD_FORMAT: &str = "framepack-rs.run";
 /// The version of the run-record layout.
 pub const RECORD_VERSION: u32 = 1;
 
+/// Which weights a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// The published checkpoints.
+    Framepack,
+    /// Small random-weight networks of the real architectures (the demo; output is noise).
+    TinyRandom,
+    /// Random weights at the published sizes (benchmarks).
+    FullSizeRandom,
+}
+
+impl ModelKind {
+    /// The kind's name on the command line and in run records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Framepack => "framepack",
+            Self::TinyRandom => "tiny-random",
+            Self::FullSizeRandom => "full-size-random",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which weights made a video.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelsRecord {
-    /// `framepack` (the published checkpoints) or `tiny-random`.
-    pub kind: String,
+    /// The published checkpoints or random weights.
+    pub kind: ModelKind,
     /// The seed of the random weights (`tiny-random` only).
     #[serde(default)]
     pub seed: Option<u64>,
@@ -38,9 +69,12 @@ pub struct RuntimeRecord {
     /// The device, as the backend names it.
     pub device: String,
     /// Compute dtypes per network.
-    pub dtypes: BTreeMap<String, String>,
-    /// The memory mode.
-    pub memory: String,
+    pub dtypes: Dtypes,
+    /// How the transformer blocks' weights are kept (dense, FP8, FP8 on tensor cores).
+    #[serde(default)]
+    pub block_weights: WeightFormat,
+    /// The memory mode (resolved: resident or low-VRAM).
+    pub memory: MemoryMode,
     /// How the request's LoRAs were applied.
     #[serde(default)]
     pub lora_mode: crate::LoraMode,

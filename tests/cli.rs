@@ -181,6 +181,11 @@ fn bad_inputs_give_one_line_errors_and_write_nothing() {
     refuse(good_s, &["--crf", "60"], "crf");
     refuse(good_s, &["--resolution", "30x48"], "multiple of 16");
     refuse(good_s, &["--mode", "backwards"], "mode");
+    // Values the argument parser refuses: one line too, naming the flag.
+    refuse(good_s, &["--device", "tpu"], "--device");
+    refuse(good_s, &["--dtype", "f8"], "--dtype");
+    refuse(good_s, &["--memory", "lots"], "--memory");
+    refuse(good_s, &["--lora-mode", "blend"], "--lora-mode");
     // Real weights that are not there: the message says where it looked and how to fetch them.
     let args = [
         "generate",

@@ -100,7 +100,11 @@ fn whole_pipeline_writes_a_decodable_mp4_and_a_reproducible_record() {
     let read = RunRecord::read(dir.path().join("boat.json")).unwrap();
     assert_eq!(read, record);
     assert_eq!(read.outputs.crf, Some(16));
-    assert_eq!(read.models.kind, "tiny-random");
+    assert_eq!(read.models.kind, framepack::ModelKind::TinyRandom);
+    // The record's JSON names them as the command line does.
+    let json = std::fs::read_to_string(dir.path().join("boat.json")).unwrap();
+    assert!(json.contains(r#""kind": "tiny-random""#), "{json}");
+    assert!(json.contains(r#""transformer": "f32""#), "{json}");
     assert_eq!(read.request, request);
     assert_eq!(
         RunRecord::from_json(&read.to_json(), dir.path()).unwrap(),
@@ -330,7 +334,7 @@ fn low_vram_mode_gives_the_resident_video() {
             expected.frames.as_bytes(),
             "run {run}: streamed blocks and on-demand encoders change no pixel"
         );
-        assert_eq!(video.record.runtime.memory, "low_vram");
+        assert_eq!(video.record.runtime.memory, MemoryMode::LowVram);
     }
 }
 
@@ -357,15 +361,8 @@ fn fp8_blocks_give_a_close_video_and_are_recorded() {
     let db = psnr(video.frames.as_bytes(), expected.frames.as_bytes());
     println!("fp8 vs dense tiny video: {db:.1} dB");
     assert!(db >= 30.0, "{db:.1} dB");
-    assert_eq!(
-        video.record.runtime.dtypes.get("transformer_block_weights"),
-        Some(&"fp8_e4m3".to_string())
-    );
-    assert!(!expected
-        .record
-        .runtime
-        .dtypes
-        .contains_key("transformer_block_weights"));
+    assert_eq!(video.record.runtime.block_weights, WeightFormat::Fp8);
+    assert_eq!(expected.record.runtime.block_weights, WeightFormat::Dense);
     // Streamed FP8 blocks give the resident FP8 video exactly.
     let mut low = build(WeightFormat::Fp8, MemoryMode::LowVram).unwrap();
     assert_eq!(low.memory(), MemoryMode::LowVram);
@@ -377,13 +374,8 @@ fn fp8_blocks_give_a_close_video_and_are_recorded() {
     let fallback = tensor_cores.generate(&request, |_| {}).unwrap();
     assert_eq!(fallback.frames.as_bytes(), video.frames.as_bytes());
     assert_eq!(
-        fallback
-            .record
-            .runtime
-            .dtypes
-            .get("transformer_block_weights")
-            .map(String::as_str),
-        Some("fp8_e4m3, fp8 tensor-core products")
+        fallback.record.runtime.block_weights,
+        WeightFormat::Fp8TensorCores
     );
 }
 

@@ -133,7 +133,7 @@ fn tiny_pipeline_on_wgpu_matches_the_cpu() {
         video.record.runtime.backend,
         Gpu::name(&WgpuDevice::default())
     );
-    assert_eq!(video.record.runtime.dtypes["transformer"], "f32");
+    assert_eq!(video.record.runtime.dtypes.transformer, DType::F32);
     let error = relative_l2(&latents(&video), &latents(&expected));
     let frames = mean_psnr(&video, &expected);
     println!("wgpu f32 vs CPU f32: latents relative L2 {error:.2e}, frames {frames:.1} dB");
@@ -160,7 +160,7 @@ fn tiny_pipeline_in_f16_on_wgpu_stays_close_to_f32() {
     }
     let expected = generate(&mut common::tiny_pipeline());
     let video = generate(&mut gpu_pipeline(DType::F16).expect("wgpu f16 pipeline"));
-    assert_eq!(video.record.runtime.dtypes["vae"], "f16");
+    assert_eq!(video.record.runtime.dtypes.vae, DType::F16);
     let error = relative_l2(&latents(&video), &latents(&expected));
     let frames = mean_psnr(&video, &expected);
     println!("wgpu f16 vs CPU f32: latents relative L2 {error:.2e}, frames {frames:.1} dB");

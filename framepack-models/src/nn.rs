@@ -7,8 +7,10 @@ use crate::lora::LowRankAdapter;
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
-/// How a linear layer keeps its weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a linear layer keeps its weight (named `dense`, `fp8`, `fp8_tensor_cores` in run
+/// records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
     /// In the compute dtype.
     #[default]

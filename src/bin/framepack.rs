@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use framepack::framepack_core::{Flavor, WindowSize};
 use framepack::hub::{self, Component, ModelLocations};
-use framepack::memory::{dtype_name, parse_dtype};
+use framepack::memory::dtype_name;
 use framepack::{
-    CancelToken, DType, Dtypes, Error, FramePackBackend, InputImage, KisekaeReference, LoraChoice,
-    LoraMode, MagCacheSettings, MemoryMode, Mode, Outputs, Pipeline, Progress, Request, Resolution,
-    RunRecord, Stage, WeightFormat,
+    CancelToken, DType, DeviceChoice, Dtypes, Error, FramePackBackend, InputImage,
+    KisekaeReference, LoraChoice, LoraMode, MagCacheSettings, MemoryMode, Mode, ModelKind, Outputs,
+    Pipeline, Progress, Request, Resolution, RunRecord, Stage, WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -118,8 +118,8 @@ struct RequestArgs {
     #[arg(long, value_name = "FILE")]
     magcache_ratios: Option<PathBuf>,
     /// inverted (anti-drifting), f1 (forward) or one-frame.
-    #[arg(long, default_value = "inverted")]
-    mode: String,
+    #[arg(long, default_value_t = Mode::Inverted)]
+    mode: Mode,
     /// A bucket table base (640 = FramePack's; 384..2160 = eichi's) or an exact HEIGHTxWIDTH
     /// (multiples of 16). Default: 640, or about 1/10 of the bucket with --model tiny-random.
     #[arg(long)]
@@ -177,6 +177,25 @@ struct RequestArgs {
     no_clean_4x: bool,
 }
 
+/// `--model`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModelArg {
+    /// The published checkpoints.
+    Framepack,
+    /// Small random-weight networks of the real architectures (output is noise).
+    TinyRandom,
+}
+
+/// `--dtype`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DtypeArg {
+    /// Chosen for the device.
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
 /// `--cache`.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum CacheArg {
@@ -193,8 +212,8 @@ enum CacheArg {
 struct ModelArgs {
     /// `framepack` (the published checkpoints) or `tiny-random` (a small random-weight model
     /// of the same architecture: runs anywhere in seconds, its output is NOISE).
-    #[arg(long, default_value = "framepack")]
-    model: String,
+    #[arg(long, value_enum, default_value_t = ModelArg::Framepack)]
+    model: ModelArg,
     /// Seed of the tiny-random weights.
     #[arg(long, default_value_t = 0)]
     tiny_seed: u64,
@@ -204,19 +223,19 @@ struct ModelArgs {
     #[arg(long)]
     download: bool,
     /// cpu, cuda, cuda:N or wgpu.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
     /// auto (CUDA: bf16 transformer + fp16 encoders; wgpu: f16 where the adapter has it, else
     /// f32; the CPU: f32), f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    dtype: DtypeArg,
     /// Keep prompt embeddings on disk here (a repeated prompt skips the text encoders).
     #[arg(long)]
     prompt_cache: Option<PathBuf>,
     /// auto (resident with 60 GiB free, else low-vram), resident, or low-vram (transformer
     /// blocks streamed from host memory, encoders loaded per job, tiled VAE decode).
-    #[arg(long, default_value = "auto")]
-    memory: String,
+    #[arg(long, default_value_t = MemoryMode::Auto)]
+    memory: MemoryMode,
     /// Keep the transformer blocks' weights as FP8 (e4m3, one scale per row): half their
     /// memory (GPU, or pinned host memory in low-vram mode), a small error against the
     /// checkpoint's weights.
@@ -319,8 +338,8 @@ struct PlanArgs {
     #[arg(long)]
     size: Option<String>,
     /// Plan for the tiny-random model's default resolution.
-    #[arg(long, default_value = "framepack")]
-    model: String,
+    #[arg(long, value_enum, default_value_t = ModelArg::Framepack)]
+    model: ModelArg,
 }
 
 /// How a run ended.
@@ -346,7 +365,10 @@ fn invalid(argument: &'static str, reason: impl Into<String>) -> Error {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(e),
+    };
     let result = match cli.command {
         Command::Generate(args) => generate(*args),
         Command::Download(args) => download(args).map_err(Failure::from),
@@ -365,6 +387,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refused: `--help` and `--version` as clap prints them; anything else
+/// as the one `error:` line (status 1) every other refusal gives.
+fn argument_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let line = parts.join(" ");
+    eprintln!(
+        "{}",
+        if line.starts_with("error:") {
+            line
+        } else {
+            format!("error: {line}")
+        }
+    );
+    ExitCode::FAILURE
 }
 
 /// `KEY=VALUE` with a section number key.
@@ -400,17 +454,6 @@ fn tiny_resolution(image: &InputImage) -> Result<Resolution, Error> {
     })
 }
 
-fn is_tiny(model: &str) -> Result<bool, Error> {
-    match model {
-        "framepack" => Ok(false),
-        "tiny-random" => Ok(true),
-        other => Err(invalid(
-            "model",
-            format!("`{other}`: expected framepack or tiny-random"),
-        )),
-    }
-}
-
 /// Builds the request from the arguments (reading every image).
 fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Request, Error> {
     let prompt = a
@@ -444,7 +487,7 @@ fn build_request(a: &RequestArgs, image: InputImage, tiny: bool) -> Result<Reque
             }),
             _ => None,
         })
-        .mode(a.mode.parse()?)
+        .mode(a.mode)
         .resolution(resolution)
         .window(section_window(a.section_length, a.window)?)
         .flavor(a.flavor)
@@ -503,44 +546,15 @@ fn start_image(a: &RequestArgs) -> Result<InputImage, Error> {
     InputImage::open(path)
 }
 
-/// The device as parsed from `--device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DeviceArg {
-    Cpu,
-    Cuda(usize),
-    Wgpu,
-}
-
-fn parse_device(s: &str) -> Result<DeviceArg, Error> {
-    let s = s.trim().to_ascii_lowercase();
-    match s.as_str() {
-        "cpu" => Ok(DeviceArg::Cpu),
-        "cuda" | "gpu" => Ok(DeviceArg::Cuda(0)),
-        "wgpu" => Ok(DeviceArg::Wgpu),
-        _ => match s.strip_prefix("cuda:").map(str::parse) {
-            Some(Ok(i)) => Ok(DeviceArg::Cuda(i)),
-            _ => Err(invalid(
-                "device",
-                format!("`{s}`: expected cpu, cuda, cuda:N or wgpu"),
-            )),
-        },
-    }
-}
-
 /// The dtypes `--dtype` names; `None` (auto on a GPU): [`Dtypes::for_device`] once the device
 /// is open. Auto on the CPU is fp32: half precision is emulated there, so fp32 is faster.
-fn dtypes_for(arg: &str, device: DeviceArg) -> Result<Option<Dtypes>, Error> {
-    match arg.to_ascii_lowercase().as_str() {
-        "auto" if device == DeviceArg::Cpu => Ok(Some(Dtypes::all(DType::F32))),
-        "auto" => Ok(None),
-        other => parse_dtype(other)
-            .map(|d| Some(Dtypes::all(d)))
-            .ok_or_else(|| {
-                invalid(
-                    "dtype",
-                    format!("`{other}`: expected auto, f32, f16 or bf16"),
-                )
-            }),
+fn dtypes_for(arg: DtypeArg, device: DeviceChoice) -> Option<Dtypes> {
+    match arg {
+        DtypeArg::Auto if device == DeviceChoice::Cpu => Some(Dtypes::all(DType::F32)),
+        DtypeArg::Auto => None,
+        DtypeArg::F32 => Some(Dtypes::all(DType::F32)),
+        DtypeArg::F16 => Some(Dtypes::all(DType::F16)),
+        DtypeArg::Bf16 => Some(Dtypes::all(DType::BF16)),
     }
 }
 
@@ -584,13 +598,13 @@ fn remove_preview() {
 }
 
 fn generate(args: GenerateArgs) -> Result<(), Failure> {
-    let device = parse_device(&args.models.device)?;
-    let mut dtypes = dtypes_for(&args.models.dtype, device)?;
-    let mut tiny = is_tiny(&args.models.model)?.then_some(args.models.tiny_seed);
+    let device = args.models.device;
+    let mut dtypes = dtypes_for(args.models.dtype, device);
+    let mut tiny = (args.models.model == ModelArg::TinyRandom).then_some(args.models.tiny_seed);
     let request = match &args.replay {
         Some(path) => {
             let record = RunRecord::read(path)?;
-            if record.models.kind == "tiny-random" {
+            if record.models.kind == ModelKind::TinyRandom {
                 tiny = Some(record.models.seed.unwrap_or(0));
             } else if tiny.is_some() {
                 return Err(invalid(
@@ -599,18 +613,8 @@ fn generate(args: GenerateArgs) -> Result<(), Failure> {
                 )
                 .into());
             }
-            if args.models.dtype == "auto" {
-                let get = |k: &str| record.runtime.dtypes.get(k).and_then(|d| parse_dtype(d));
-                if let (Some(t), Some(v), Some(x), Some(i)) =
-                    (get("transformer"), get("vae"), get("text"), get("image"))
-                {
-                    dtypes = Some(Dtypes {
-                        transformer: t,
-                        vae: v,
-                        text: x,
-                        image: i,
-                    });
-                }
+            if args.models.dtype == DtypeArg::Auto {
+                dtypes = Some(record.runtime.dtypes);
             }
             record.request()?
         }
@@ -666,9 +670,9 @@ fn generate(args: GenerateArgs) -> Result<(), Failure> {
         args: &args,
     };
     match device {
-        DeviceArg::Cpu => run_cpu(job),
-        DeviceArg::Cuda(index) => run_cuda(job, index),
-        DeviceArg::Wgpu => run_wgpu(job),
+        DeviceChoice::Cpu => run_cpu(job),
+        DeviceChoice::Cuda(index) => run_cuda(job, index),
+        DeviceChoice::Wgpu => run_wgpu(job),
     }
 }
 
@@ -817,11 +821,7 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
     let dtypes = dtypes.unwrap_or_else(|| Dtypes::for_device::<B>(&device));
     let mut ui = Ui::new();
     let started = Instant::now();
-    let memory: MemoryMode = args
-        .models
-        .memory
-        .parse()
-        .map_err(|reason: String| invalid("memory", reason))?;
+    let memory = args.models.memory;
     let mut builder = Pipeline::<B>::builder_for()
         .device(device)
         .dtypes(dtypes)
@@ -993,7 +993,7 @@ fn human(d: Duration) -> String {
 }
 
 fn plan(args: PlanArgs) -> Result<(), Error> {
-    let tiny = is_tiny(&args.model)?;
+    let tiny = args.model == ModelArg::TinyRandom;
     let image = match (&args.request.image, &args.size) {
         (Some(_), Some(_)) => return Err(invalid("size", "give --image or --size, not both")),
         (Some(_), None) => start_image(&args.request)?,
