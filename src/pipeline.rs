@@ -23,9 +23,8 @@ use framepack_models::text::{
     PromptOverflow, TextEncoderFolders, TextEncoders,
 };
 use framepack_models::transformer::{BlockResidency, FramePackTransformer, LoadOptions};
-use framepack_models::vae::{HunyuanVideoVae, VaeConfig, VaeTiling};
+use framepack_models::vae::{HunyuanVideoVae, VaeTiling};
 use framepack_models::vision::{SiglipImageProcessor, SiglipVisionEncoder};
-use framepack_models::weights::SafetensorsSource;
 use framepack_models::FramePackBackend;
 
 use framepack_models::failure::catch;
@@ -401,7 +400,7 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                                 dtypes.image,
                             )
                         });
-                        let vae = load_vae(&vae_path, &device, dtypes.vae)?;
+                        let vae = HunyuanVideoVae::from_folder(&vae_path, &device, dtypes.vae)?;
                         let (transformer, _) =
                             source.transformer::<B>(family, &device, &transformer_options)?;
                         (
@@ -528,21 +527,6 @@ fn transformer_options(
         LoraMode::Merge => options.loras(loras.clone()),
         LoraMode::Adapters => options,
     }
-}
-
-fn load_vae<B: FramePackBackend>(
-    path: &Path,
-    device: &B::Device,
-    dtype: DType,
-) -> Result<HunyuanVideoVae<B>> {
-    let config = VaeConfig::from_file(path.join("config.json"))
-        .map_err(framepack_models::ModelError::from)?;
-    let mut src =
-        SafetensorsSource::<B>::open(path, device).map_err(framepack_models::ModelError::from)?;
-    let vae = HunyuanVideoVae::load(&mut src, config, dtype)?;
-    src.finish(|_| false)
-        .map_err(framepack_models::ModelError::from)?;
-    Ok(vae)
 }
 
 /// The two transformer checkpoints: inverted (also used for one-frame) and F1.

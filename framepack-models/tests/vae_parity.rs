@@ -256,3 +256,38 @@ fn released_buffers_change_nothing_and_the_decode_estimate() {
         12 * 17 * pixels * 16 * 4
     );
 }
+
+/// `HunyuanVideoVae::from_folder` reads the published layout (`config.json` beside the
+/// safetensors) and gives the model that `load` builds from the same tensors, bit for bit.
+#[test]
+fn from_folder_reads_the_published_layout() {
+    use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 4}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        VaeConfig::from_file(dir.path().join("config.json")).unwrap(),
+        VaeConfig::tiny()
+    );
+    let weights = dir.path().join("diffusion_pytorch_model.safetensors");
+    std::fs::copy(
+        format!("{}/vae_tiny.safetensors", vae_common::FIXTURES),
+        &weights,
+    )
+    .unwrap();
+    let device = Default::default();
+    let folder = HunyuanVideoVae::<framepack_models::CpuBackend>::from_folder(
+        dir.path(),
+        &device,
+        DType::F32,
+    )
+    .unwrap();
+    let io = io();
+    let z = t5(&io, "dec_z");
+    let a = folder.decode(z.clone()).unwrap();
+    let b = load(DType::F32).decode(z).unwrap();
+    assert_eq!(relative_l2(a, b), 0.0);
+}

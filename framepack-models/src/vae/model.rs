@@ -1,5 +1,7 @@
 //! `AutoencoderKLHunyuanVideo`: loading, encode, decode and the scaling factor.
 
+use std::path::Path;
+
 use burn::tensor::{DType, Tensor};
 
 use super::cached_decode::CachedDecoder;
@@ -10,7 +12,7 @@ use super::encoder::Encoder;
 use super::posterior::Posterior;
 use crate::error::ModelError;
 use crate::ops::FramePackBackend;
-use crate::weights::{TensorSource, WeightError};
+use crate::weights::{SafetensorsSource, TensorSource, WeightError};
 
 /// The causal 3D VAE of HunyuanVideo with its weights.
 ///
@@ -37,6 +39,22 @@ pub struct HunyuanVideoVae<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> HunyuanVideoVae<B> {
+    /// Loads the VAE folder as published (`hunyuanvideo-community/HunyuanVideo`'s `vae/`:
+    /// `config.json` and the safetensors), checking that every stored tensor was used: the
+    /// same protocol as the other networks' `from_folder`.
+    pub fn from_folder(
+        folder: impl AsRef<Path>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let folder = folder.as_ref();
+        let config = VaeConfig::from_file(folder.join("config.json"))?;
+        let mut src = SafetensorsSource::<B>::open(folder, device)?;
+        let vae = Self::load(&mut src, config, dtype)?;
+        src.finish(|_| false)?;
+        Ok(vae)
+    }
+
     /// Builds the VAE from `src` (checkpoint keys `encoder.*`, `decoder.*`, `quant_conv.*`,
     /// `post_quant_conv.*`), computing in `dtype` (F32, F16 or BF16; the published weights
     /// are fp32 and FramePack runs them in fp16). Tiling starts at diffusers' defaults
