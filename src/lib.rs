@@ -68,3 +68,8 @@ pub use framepack_models;
 pub use framepack_models::FramePackBackend;
 pub use framepack_sampling;
 pub use framepack_sampling::{CancelToken, History};
+
+/// The README's code blocks, compiled and run as doctests so that the README stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

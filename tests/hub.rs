@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use framepack::hub::{check, revision_of, Component, ModelLocations};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/framepack-models/tests/fixtures"
+);
 
 /// The tiny transformer's config.json, as diffusers writes one.
 const TRANSFORMER_CONFIG: &str = r#"{"_class_name": "HunyuanVideoTransformer3DModelPacked",

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 fn resize_and_center_crop_matches_pillow() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vision_lanczos_pil.json"
+        "/framepack-models/tests/fixtures/vision_lanczos_pil.json"
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

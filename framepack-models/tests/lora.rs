@@ -17,7 +17,7 @@ use framepack_models::weights::{CheckpointFiles, SafetensorsSource, TensorSource
 use framepack_models::{CpuBackend as B, ModelError};
 use safetensors::{tensor::TensorView, Dtype};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const HIDDEN: usize = 32;
 const MLP: usize = 128;
 

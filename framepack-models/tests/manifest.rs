@@ -13,7 +13,7 @@ use framepack_models::CpuBackend as B;
 fn full_size_transformer_expects_exactly_the_published_keys_and_shapes() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/transformer_manifest.json"
+        "/tests/fixtures/transformer_manifest.json"
     );
     let text = std::fs::read_to_string(path).unwrap();
     let reference: BTreeMap<String, Vec<usize>> = serde_json::from_str(&text).unwrap();

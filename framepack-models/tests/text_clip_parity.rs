@@ -7,7 +7,7 @@ use framepack_models::text::{ClipTextConfig, ClipTextEncoder};
 use framepack_models::weights::CheckpointFiles;
 use framepack_models::{CpuBackend as B, ModelError};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn relative_l2<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
     let a = a.cast(DType::F32);

@@ -11,7 +11,7 @@ use framepack_models::weights::{CheckpointFiles, SafetensorsSource, WeightError}
 use framepack_models::{CpuBackend as B, ModelError};
 use safetensors::tensor::TensorView;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn relative_l2(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f64 {
     let a = a.cast(DType::F32);

@@ -13,7 +13,7 @@ type Manifest = BTreeMap<String, Vec<usize>>;
 
 fn reference(name: &str) -> Manifest {
     let path = format!(
-        "{}/../tests/fixtures/{name}_manifest.json",
+        "{}/tests/fixtures/{name}_manifest.json",
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

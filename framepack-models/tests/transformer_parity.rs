@@ -11,7 +11,7 @@ use framepack_models::transformer::{
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource};
 use framepack_models::CpuBackend as B;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn relative_l2(a: Tensor<B, 5>, b: Tensor<B, 5>) -> f64 {
     let diff = (a - b.clone()).powi_scalar(2).sum().into_scalar() as f64;

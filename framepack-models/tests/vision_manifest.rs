@@ -14,7 +14,7 @@ use framepack_models::CpuBackend as B;
 fn full_size_siglip_expects_the_published_keys_except_the_head() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/vision_siglip_manifest.json"
+        "/tests/fixtures/vision_siglip_manifest.json"
     );
     let reference: BTreeMap<String, Vec<usize>> =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -6,19 +6,19 @@ match `LlamaConfig::tiny()`, `ClipTextConfig::tiny()` and `SiglipVisionConfig::t
 framepack-models, random weights (checkpoint key names, fp32) and random inputs, and writes the
 outputs FramePack reads:
 
-  tests/fixtures/text_llama_tiny.safetensors       weights (4 layers: hidden_states[-3] needs 2)
-  tests/fixtures/text_llama_tiny_io.safetensors    ids (padded + mask, as FramePack calls it) and
+  framepack-models/tests/fixtures/text_llama_tiny.safetensors       weights (4 layers: hidden_states[-3] needs 2)
+  framepack-models/tests/fixtures/text_llama_tiny_io.safetensors    ids (padded + mask, as FramePack calls it) and
                                                    hidden_states[-3] of the valid tokens (fp32, fp16)
-  tests/fixtures/text_clip_tiny.safetensors        weights
-  tests/fixtures/text_clip_tiny_io.safetensors     77 padded ids, pooler_output, last_hidden_state
-  tests/fixtures/vision_siglip_tiny.safetensors    weights (with the unused pooling head)
-  tests/fixtures/vision_siglip_tiny_io.safetensors last_hidden_state for the 384x384 image of
+  framepack-models/tests/fixtures/text_clip_tiny.safetensors        weights
+  framepack-models/tests/fixtures/text_clip_tiny_io.safetensors     77 padded ids, pooler_output, last_hidden_state
+  framepack-models/tests/fixtures/vision_siglip_tiny.safetensors    weights (with the unused pooling head)
+  framepack-models/tests/fixtures/vision_siglip_tiny_io.safetensors last_hidden_state for the 384x384 image of
                                                    vision_resize_pil.safetensors `case0`
-  tests/fixtures/vision_resize_pil.safetensors     PIL BICUBIC resizes (uint8 RGB) of procedural
+  framepack-models/tests/fixtures/vision_resize_pil.safetensors     PIL BICUBIC resizes (uint8 RGB) of procedural
                                                    images (`procedural_image`, mirrored in Rust)
-  tests/fixtures/text_llama_manifest.json          every key and shape of the full-size models,
-  tests/fixtures/text_clip_manifest.json           built on the meta device (nothing allocated)
-  tests/fixtures/vision_siglip_manifest.json
+  framepack-models/tests/fixtures/text_llama_manifest.json          every key and shape of the full-size models,
+  framepack-models/tests/fixtures/text_clip_manifest.json           built on the meta device (nothing allocated)
+  framepack-models/tests/fixtures/vision_siglip_manifest.json
 
 The model maths is unchanged between FramePack's pinned transformers 4.46.2 and the version this was
 run with (5.x); the SigLIP preprocessing follows 4.46.2's slow `SiglipImageProcessor` step by step
@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from transformers import (CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig,
                           SiglipVisionModel)
 
-OUT = "tests/fixtures"
+OUT = "framepack-models/tests/fixtures"
 
 # Must match the tiny() configs in framepack-models/src/text/{llama,clip}.rs and vision/siglip.rs.
 LLAMA_TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,

@@ -7,11 +7,11 @@ then `crop()` with box corners rounded half to even. This script records Pillow'
 procedural images (`procedural_image` of `encoders_fixture.py`, mirrored in Rust), so that the
 Rust resampler can be checked bit for bit:
 
-  tests/fixtures/vision_lanczos_pil.safetensors
+  framepack-models/tests/fixtures/vision_lanczos_pil.safetensors
       `cases`          float32 [n, 4]: source width, source height, target width, target height
       `case{i}`        uint8 [target h, target w, 3]: `Image.resize(..., LANCZOS)` of source i
                        (seeded with i)
-  tests/fixtures/vision_lanczos_pil.json
+  framepack-models/tests/fixtures/vision_lanczos_pil.json
       `crops`: whole `resize_and_center_crop` runs at bucket sizes (outputs up to 1920 px wide are
       too large to commit, so only their SHA-256 and a few pixels are stored)
 
@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-OUT = "tests/fixtures"
+OUT = "framepack-models/tests/fixtures"
 
 # (source width, source height, target width, target height)
 RESIZE_CASES = [

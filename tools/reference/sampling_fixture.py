@@ -14,9 +14,9 @@ gs = 10, is visible in the result). `framepack-sampling/tests/reference.rs` impl
 stand-in and replays every case.
 
 Writes:
-  tests/fixtures/sampling_reference.safetensors  torch.randn draws; sample_hunyuan trajectories
+  framepack-sampling/tests/fixtures/sampling_reference.safetensors  torch.randn draws; sample_hunyuan trajectories
                                                  (x0 estimate and sampler state at some steps)
-  tests/fixtures/sampling_reference.json         sigma schedules; recorded float32 UniPC solves
+  framepack-sampling/tests/fixtures/sampling_reference.json         sigma schedules; recorded float32 UniPC solves
 
 Run from the repository root (CPU only):
   pip install torch safetensors tqdm
@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 MIRROR = sys.argv[1] if len(sys.argv) > 1 else "/work/.mirror/lllyasviel+FramePack/repo"
 COMMIT = "97fe5db"
-OUT = "tests/fixtures"
+OUT = "framepack-sampling/tests/fixtures"
 
 
 def load_reference():

@@ -15,14 +15,14 @@ Vocabularies (PyPI, not Hugging Face):
     `vocab.json` / `merges.txt` follow exactly as in `openai/clip-vit-large-patch14`.
 
 Written (all small; see docs/encoders.md, "Tokenizer fixtures"):
-  tests/fixtures/tokenizer_llama3/tokenizer.model.gz      the BPE ranks, gzip (1.0 MB)
-  tests/fixtures/tokenizer_llama3/tokenizer_skeleton.json the converted tokenizer.json without
+  framepack-models/tests/fixtures/tokenizer_llama3/tokenizer.model.gz      the BPE ranks, gzip (1.0 MB)
+  framepack-models/tests/fixtures/tokenizer_llama3/tokenizer_skeleton.json the converted tokenizer.json without
                                                           `model.vocab` / `model.merges`, plus
                                                           sha256 digests of both (the Rust test
                                                           re-derives them from the ranks and checks
                                                           the digests)
-  tests/fixtures/tokenizer_clip/vocab.json.gz, merges.txt.gz
-  tests/fixtures/tokenizer_reference.json                 prompts and reference ids
+  framepack-models/tests/fixtures/tokenizer_clip/vocab.json.gz, merges.txt.gz
+  framepack-models/tests/fixtures/tokenizer_reference.json                 prompts and reference ids
 
 Run from the repository root, in an environment with FramePack's pinned transformers
 (kept apart from the main one):
@@ -44,7 +44,7 @@ from tokenizers import AddedToken, processors
 from transformers import CLIPTokenizer, LlamaTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
 
-OUT = "tests/fixtures"
+OUT = "framepack-models/tests/fixtures"
 
 # diffusers' HunyuanVideo DEFAULT_PROMPT_TEMPLATE, as FramePack uses it (crop_start 95).
 TEMPLATE = (

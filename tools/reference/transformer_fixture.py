@@ -6,9 +6,9 @@ Builds diffusers' `HunyuanVideoFramepackTransformer3DModel` (numerically the mod
 `TransformerConfig::tiny()`, random weights and random inputs covering every context group
 (clean, 2x and 4x history, with replicate padding in t, y and x) and padded text, and writes:
 
-  tests/fixtures/transformer_tiny.safetensors     weights, checkpoint key names, fp32
-  tests/fixtures/transformer_tiny_io.safetensors  inputs and reference outputs (fp32)
-  tests/fixtures/transformer_manifest.json        every key and shape of the full-size model
+  framepack-models/tests/fixtures/transformer_tiny.safetensors     weights, checkpoint key names, fp32
+  framepack-models/tests/fixtures/transformer_tiny_io.safetensors  inputs and reference outputs (fp32)
+  framepack-models/tests/fixtures/transformer_manifest.json        every key and shape of the full-size model
                                                   (built on the meta device, nothing allocated)
 
 Run by hand from the repository root (CPU is enough):
@@ -17,12 +17,14 @@ Run by hand from the repository root (CPU is enough):
 """
 import json
 import torch
+import shutil
+
 from safetensors.torch import save_file
 from diffusers.models.transformers.transformer_hunyuan_video_framepack import (
     HunyuanVideoFramepackTransformer3DModel,
 )
 
-OUT = "tests/fixtures"
+OUT = "framepack-models/tests/fixtures"
 
 # Must match TransformerConfig::tiny() in framepack-models/src/transformer/config.rs.
 TINY = dict(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=2,
@@ -55,6 +57,8 @@ def fixture():
             else:
                 p.copy_(0.08 * torch.randn_like(p))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{OUT}/transformer_tiny.safetensors")
+    # framepack-sampling's tests run the same model; its published crate carries a copy.
+    shutil.copyfile(f"{OUT}/transformer_tiny.safetensors", "framepack-sampling/tests/fixtures/transformer_tiny.safetensors")
 
     b, h, w, text_len = 2, 12, 10, 8
     lengths = [5, 8]  # sample 0 has padded text

@@ -5,9 +5,9 @@ Builds diffusers' `AutoencoderKLHunyuanVideo` with a small config that matches
 `VaeConfig::tiny()` (block_out_channels (8, 16, 16, 16), 1 resnet per encoder block, 4 norm
 groups, 16 latent channels), random weights and random inputs, and writes:
 
-  tests/fixtures/vae_tiny.safetensors     weights, checkpoint key names, fp32
-  tests/fixtures/vae_tiny_io.safetensors  inputs and reference outputs (fp32)
-  tests/fixtures/vae_manifest.json        every key and shape of the full-size VAE
+  framepack-models/tests/fixtures/vae_tiny.safetensors     weights, checkpoint key names, fp32
+  framepack-models/tests/fixtures/vae_tiny_io.safetensors  inputs and reference outputs (fp32)
+  framepack-models/tests/fixtures/vae_manifest.json        every key and shape of the full-size VAE
                                           (built on the meta device, nothing allocated)
 
 The outputs cover: encode (mean and clamped logvar, batch 2), the temporally tiled encode
@@ -35,7 +35,7 @@ from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import (
     HunyuanVideoUpsampleCausal3D,
 )
 
-OUT = "tests/fixtures"
+OUT = "framepack-models/tests/fixtures"
 
 # Must match VaeConfig::tiny() in framepack-models/src/vae/config.rs.
 TINY = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16)

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(FIXTURES).join(name)

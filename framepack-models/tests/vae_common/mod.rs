@@ -6,7 +6,7 @@ use framepack_models::vae::{HunyuanVideoVae, VaeConfig, VaeTiling};
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource};
 use framepack_models::CpuBackend as B;
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// The tiny VAE of `tools/reference/vae_fixture.py`, every stored tensor used.
 pub fn load(dtype: DType) -> HunyuanVideoVae<B> {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// `procedural_image` of the fixture script: uint8 RGB `[height][width][3]` with a sawtooth, a
 /// checkerboard and hashed noise.

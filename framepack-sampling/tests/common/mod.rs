@@ -13,7 +13,7 @@ use framepack_sampling::{
 
 pub type B = CpuBackend;
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 pub fn device() -> burn::tensor::Device<B> {
     Default::default()
