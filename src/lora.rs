@@ -1,10 +1,12 @@
 //! LoRAs as a request names them: a file and a strength, recorded with the file's hash so that
 //! a replay runs with the same weights.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use framepack_models::lora::{LoraFile, LoraSet};
 use serde::{Deserialize, Serialize};
@@ -71,8 +73,13 @@ impl LoraChoice {
     }
 
     /// The file's SHA-256; a recorded hash must match it (the file changed since the run).
-    pub(crate) fn hash(&self) -> Result<String> {
-        let hash = file_sha256(&self.path)?;
+    #[cfg(test)]
+    fn hash(&self) -> Result<String> {
+        self.verify(file_sha256(&self.path)?)
+    }
+
+    /// `hash` (the file's SHA-256) if it matches the recorded one, if any.
+    fn verify(&self, hash: String) -> Result<String> {
         match &self.sha256 {
             Some(recorded) if *recorded != hash => Err(Error::invalid(
                 "lora",
@@ -113,6 +120,37 @@ impl FromStr for LoraChoice {
             }
         }
         Ok(Self::new(s, DEFAULT_LORA_STRENGTH))
+    }
+}
+
+/// SHA-256s of LoRA files, kept by path with the size and modification time they had: a
+/// pipeline that runs job after job with the same LoRA reads the file once, not per job.
+#[derive(Debug, Default)]
+pub(crate) struct HashCache(HashMap<PathBuf, (u64, Option<SystemTime>, String)>);
+
+impl HashCache {
+    /// `lora` with its file's SHA-256 filled in (checked against a recorded one).
+    pub(crate) fn hashed(&mut self, lora: &LoraChoice) -> Result<LoraChoice> {
+        let meta = std::fs::metadata(&lora.path).map_err(|e| {
+            Error::invalid(
+                "lora",
+                format!("cannot read `{}`: {e}", lora.path.display()),
+            )
+        })?;
+        let stamp = (meta.len(), meta.modified().ok());
+        let hash = match self.0.get(&lora.path) {
+            Some((len, modified, hash)) if (*len, *modified) == stamp => hash.clone(),
+            _ => {
+                let hash = file_sha256(&lora.path)?;
+                self.0
+                    .insert(lora.path.clone(), (stamp.0, stamp.1, hash.clone()));
+                hash
+            }
+        };
+        Ok(LoraChoice {
+            sha256: Some(lora.verify(hash)?),
+            ..lora.clone()
+        })
     }
 }
 
@@ -240,5 +278,16 @@ mod tests {
             .check()
             .is_err());
         assert!(LoraChoice::new(&path, f64::NAN).check().is_err());
+        // The cache reads a file again when it changed, and checks the recorded hash.
+        let mut cache = HashCache::default();
+        let fresh = LoraChoice::new(&path, 1.0);
+        let first = cache.hashed(&fresh).unwrap().sha256.unwrap();
+        assert_eq!(cache.hashed(&fresh).unwrap().sha256.unwrap(), first);
+        std::fs::write(&path, b"a longer file").unwrap();
+        assert_ne!(cache.hashed(&fresh).unwrap().sha256.unwrap(), first);
+        assert!(
+            cache.hashed(&lora).is_err(),
+            "the recorded hash no longer matches"
+        );
     }
 }

@@ -294,13 +294,12 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
         let low_vram = memory.is_low_vram();
         let family = family(self.mode);
         let lora_set = lora::open_set(&self.loras)?;
-        let transformer_options = transformer_options(
-            dtypes.transformer,
+        let setup = TransformerSetup {
+            dtype: dtypes.transformer,
             memory,
-            self.block_weights,
-            self.lora_mode,
-            &lora_set,
-        );
+            block_weights: self.block_weights,
+            lora_mode: self.lora_mode,
+        };
         let mut revisions = BTreeMap::new();
         // Exact-size buffers in the low-VRAM mode: the resident parts do not pin pooled pages.
         let loaded = catch(|| {
@@ -329,9 +328,6 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                             encoders: on_demand(low_vram, load_text)?,
                         };
                         (
-                            source
-                                .transformer::<B>(family, &device, &transformer_options)?
-                                .0,
                             tiny::vae::<B>(&device, seed, scale, dtypes.vae)?,
                             CachedPromptEncoder::new(text, PromptCache::in_memory(&device)),
                             on_demand(low_vram, load_siglip)?,
@@ -344,7 +340,6 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                             revisions.insert(c.name().to_string(), found.revision.clone());
                             Ok::<_, Error>(found.path)
                         };
-                        loc(transformer_component(family), &mut revisions)?;
                         let folders = TextEncoderFolders {
                             text_encoder: loc(Component::TextEncoder, &mut revisions)?,
                             text_encoder_2: loc(Component::TextEncoder2, &mut revisions)?,
@@ -401,10 +396,7 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                             )
                         });
                         let vae = HunyuanVideoVae::from_folder(&vae_path, &device, dtypes.vae)?;
-                        let (transformer, _) =
-                            source.transformer::<B>(family, &device, &transformer_options)?;
                         (
-                            transformer,
                             vae,
                             CachedPromptEncoder::new(text, cache),
                             on_demand(low_vram, load_siglip)?,
@@ -412,13 +404,17 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
                         )
                     }
                 })
+                .and_then(|networks| {
+                    // Last: every other checkpoint was found before the largest load.
+                    let (transformer, revision) =
+                        source.transformer::<B>(family, &device, setup, &lora_set)?;
+                    Ok((transformer, revision, networks))
+                })
             })
         })??;
-        let (mut transformer, mut vae, text, siglip, processor) = loaded;
-        if self.lora_mode == LoraMode::Adapters && !lora_set.is_empty() {
-            transformer
-                .set_lora_adapters(&lora_set)
-                .map_err(framepack_models::ModelError::from)?;
+        let (transformer, revision, (mut vae, text, siglip, processor)) = loaded;
+        if let Some((component, revision)) = revision {
+            revisions.insert(component.name().to_string(), revision);
         }
         if low_vram {
             vae.set_tiling(VaeTiling::low_vram())?;
@@ -434,6 +430,7 @@ impl<B: FramePackBackend> PipelineBuilder<B> {
             family,
             lora_mode: self.lora_mode,
             loras: self.loras,
+            lora_hashes: lora::HashCache::default(),
             transformer: Some(transformer),
             vae,
             text,
@@ -480,25 +477,41 @@ fn same_loras(a: &[LoraChoice], b: &[LoraChoice]) -> bool {
 }
 
 impl Source {
-    /// The transformer of `family`: random weights, or the checkpoint (with its revision).
+    /// The transformer of `family` (random weights, or the checkpoint with its revision) with
+    /// `loras` applied as `setup.lora_mode` says: merged while the weights load, or attached as
+    /// adapters afterwards.
     fn transformer<B: FramePackBackend>(
         &self,
         family: Family,
         device: &B::Device,
-        options: &LoadOptions,
+        setup: TransformerSetup,
+        loras: &LoraSet,
     ) -> Result<(FramePackTransformer<B>, Option<Revision>)> {
-        Ok(match self {
+        let options = LoadOptions::new(setup.dtype)
+            .residency(residency_for(setup.memory))
+            .block_weights(setup.block_weights);
+        let options = match setup.lora_mode {
+            LoraMode::Merge => options.loras(loras.clone()),
+            LoraMode::Adapters => options,
+        };
+        let (mut model, revision) = match self {
             Source::Random { seed, scale } => {
-                (tiny::transformer(device, *seed, *scale, options)?, None)
+                (tiny::transformer(device, *seed, *scale, &options)?, None)
             }
             Source::Pretrained(locations) => {
                 let component = transformer_component(family);
                 let found = locations.locate(component)?;
                 let (model, _report) =
-                    FramePackTransformer::from_folder_options(&found.path, device, options)?;
+                    FramePackTransformer::from_folder_options(&found.path, device, &options)?;
                 (model, Some((component, found.revision)))
             }
-        })
+        };
+        if setup.lora_mode == LoraMode::Adapters && !loras.is_empty() {
+            model
+                .set_lora_adapters(loras)
+                .map_err(framepack_models::ModelError::from)?;
+        }
+        Ok((model, revision))
     }
 }
 
@@ -511,22 +524,13 @@ fn residency_for(memory: MemoryMode) -> BlockResidency {
     }
 }
 
-/// How the transformer loads: `loras` merged in the merge mode (in the adapters mode they are
-/// attached after loading).
-fn transformer_options(
+/// What decides how the transformer loads, fixed when the pipeline is built.
+#[derive(Debug, Clone, Copy)]
+struct TransformerSetup {
     dtype: DType,
     memory: MemoryMode,
     block_weights: WeightFormat,
     lora_mode: LoraMode,
-    loras: &LoraSet,
-) -> LoadOptions {
-    let options = LoadOptions::new(dtype)
-        .residency(residency_for(memory))
-        .block_weights(block_weights);
-    match lora_mode {
-        LoraMode::Merge => options.loras(loras.clone()),
-        LoraMode::Adapters => options,
-    }
 }
 
 /// The two transformer checkpoints: inverted (also used for one-frame) and F1.
@@ -592,6 +596,7 @@ pub struct Pipeline<B: FramePackBackend = DefaultBackend> {
     lora_mode: LoraMode,
     /// The LoRAs in the transformer (merged, or as adapters).
     loras: Vec<LoraChoice>,
+    lora_hashes: lora::HashCache,
     /// `None` only after a failed switch to the other transformer checkpoint.
     transformer: Option<FramePackTransformer<B>>,
     vae: HunyuanVideoVae<B>,
@@ -1234,12 +1239,7 @@ impl<B: FramePackBackend> Pipeline<B> {
     ) -> Result<Vec<LoraChoice>> {
         let hashed = loras
             .iter()
-            .map(|l| {
-                Ok(LoraChoice {
-                    sha256: Some(l.hash()?),
-                    ..l.clone()
-                })
-            })
+            .map(|l| self.lora_hashes.hashed(l))
             .collect::<Result<Vec<_>>>()?;
         let same_loras = same_loras(&self.loras, loras);
         if family == self.family && self.transformer.is_some() && same_loras {
@@ -1256,21 +1256,15 @@ impl<B: FramePackBackend> Pipeline<B> {
             }
         }
         self.transformer = None;
-        let options = transformer_options(
-            self.dtypes.transformer,
-            self.memory,
-            self.block_weights,
-            self.lora_mode,
-            &set,
-        );
-        let (mut transformer, revision) =
+        let setup = TransformerSetup {
+            dtype: self.dtypes.transformer,
+            memory: self.memory,
+            block_weights: self.block_weights,
+            lora_mode: self.lora_mode,
+        };
+        let (transformer, revision) =
             self.source
-                .transformer::<B>(family, &self.device, &options)?;
-        if self.lora_mode == LoraMode::Adapters && !set.is_empty() {
-            transformer
-                .set_lora_adapters(&set)
-                .map_err(framepack_models::ModelError::from)?;
-        }
+                .transformer::<B>(family, &self.device, setup, &set)?;
         if let Some((component, revision)) = revision {
             self.revisions
                 .remove(transformer_component(self.family).name());

@@ -292,6 +292,25 @@ fn info_lists_backends_devices_and_models() {
     }
 }
 
+/// Runs a tiny-random generation of `image` into `out` that must succeed; its record.
+fn generate_ok(image: &Path, out: &Path, extra: &[&str]) -> framepack::RunRecord {
+    let args = tiny_args(image.to_str().unwrap(), out.to_str().unwrap(), extra);
+    let o = run(&refs(&args));
+    assert!(o.status.success(), "{}: {}", out.display(), stderr(&o));
+    framepack::RunRecord::read(out.with_extension("json")).unwrap()
+}
+
+/// `framepack generate --replay record --out out`.
+fn replay(record: &Path, out: &Path) -> Output {
+    run(&[
+        "generate",
+        "--replay",
+        record.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 /// A LoRA file for the tiny transformer (hidden 32, MLP 128) with `modules` patched at rank 2:
 /// kohya/musubi keys (`lora_unet_…`, with alpha) or diffusers keys (`diffusion_model.…`).
 fn write_lora(path: &Path, kohya: bool, modules: &[(&str, [usize; 2])], seed: u32) {
@@ -387,24 +406,16 @@ fn loras_from_the_command_line_are_merged_recorded_and_replayed() {
         ],
         2,
     );
-    let lora_args = [
-        "--lora".to_string(),
+    let (style, motion) = (
         format!("{}:0.8", kohya.display()),
-        "--lora".to_string(),
         format!("{}:0.5", diffusers.display()),
-    ];
+    );
+    let lora_args = ["--lora", style.as_str(), "--lora", motion.as_str()];
     let out = |name: &str| dir.path().join(name);
-    let generate = |name: &str, extra: &[String]| {
-        let mut args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), &[]);
-        args.extend(extra.iter().cloned());
-        let o = run(&refs(&args));
-        assert!(o.status.success(), "{name}: {}", stderr(&o));
-    };
-    generate("base.mp4", &[]);
-    generate("merged.mp4", &lora_args);
-    let mut adapters = lora_args.to_vec();
-    adapters.extend(["--lora-mode".to_string(), "adapters".to_string()]);
-    generate("adapters.mp4", &adapters);
+    generate_ok(&image, &out("base.mp4"), &[]);
+    generate_ok(&image, &out("merged.mp4"), &lora_args);
+    let adapters = [&lora_args[..], &["--lora-mode", "adapters"]].concat();
+    generate_ok(&image, &out("adapters.mp4"), &adapters);
 
     let base = latents(&out("base.latents.safetensors"));
     let merged = latents(&out("merged.latents.safetensors"));
@@ -440,16 +451,7 @@ fn loras_from_the_command_line_are_merged_recorded_and_replayed() {
         framepack::LoraMode::Adapters
     );
 
-    let replay = |name: &str| {
-        run(&[
-            "generate",
-            "--replay",
-            out("merged.json").to_str().unwrap(),
-            "--out",
-            out(name).to_str().unwrap(),
-        ])
-    };
-    let o = replay("replay.mp4");
+    let o = replay(&out("merged.json"), &out("replay.mp4"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         read_mp4(&out("replay.mp4")).frames,
@@ -464,7 +466,7 @@ fn loras_from_the_command_line_are_merged_recorded_and_replayed() {
         &[("transformer_blocks.0.attn.to_q", [32, 32])],
         9,
     );
-    let o = replay("changed.mp4");
+    let o = replay(&out("merged.json"), &out("changed.mp4"));
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("changed since the run was recorded"),
@@ -482,12 +484,7 @@ fn half_second_sections_and_the_eichi_flavor_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let image = png(dir.path(), "kite.png", 120, 80, 7);
     let out = |name: &str| dir.path().join(name);
-    let generate = |name: &str, extra: &[&str]| {
-        let args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), extra);
-        let o = run(&refs(&args));
-        assert!(o.status.success(), "{name}: {}", stderr(&o));
-        framepack::RunRecord::read(out(name).with_extension("json")).unwrap()
-    };
+    let generate = |name: &str, extra: &[&str]| generate_ok(&image, &out(name), extra);
     let half = ["--section-length", "0.5", "--seconds", "2", "--mode", "f1"];
     let eichi = generate("eichi.mp4", &[&half[..], &["--flavor", "eichi"]].concat());
     let framepack = generate("framepack.mp4", &half);
@@ -511,13 +508,7 @@ fn half_second_sections_and_the_eichi_flavor_from_the_command_line() {
             "{name}"
         );
     }
-    let o = run(&[
-        "generate",
-        "--replay",
-        out("eichi.json").to_str().unwrap(),
-        "--out",
-        out("again.mp4").to_str().unwrap(),
-    ]);
+    let o = replay(&out("eichi.json"), &out("again.mp4"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         read_mp4(&out("again.mp4")).frames,
@@ -556,11 +547,11 @@ fn kisekae_reference_and_masks_from_the_command_line() {
     .unwrap();
     let out = |name: &str| dir.path().join(name);
     let generate = |name: &str, extra: &[&str]| {
-        let mut all = vec!["--mode", "one-frame"];
-        all.extend_from_slice(extra);
-        let args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), &all);
-        let o = run(&refs(&args));
-        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        generate_ok(
+            &image,
+            &out(name),
+            &[&["--mode", "one-frame"], extra].concat(),
+        );
         png_pixels(&out(name))
     };
     let reference_arg = reference.to_str().unwrap();
@@ -604,13 +595,7 @@ fn kisekae_reference_and_masks_from_the_command_line() {
     assert_eq!(window.layout.clean_latent_indices(), vec![0, 13]);
     assert_eq!(window.layout.latent_indices(), vec![5]);
 
-    let o = run(&[
-        "generate",
-        "--replay",
-        out("masked.json").to_str().unwrap(),
-        "--out",
-        out("again.png").to_str().unwrap(),
-    ]);
+    let o = replay(&out("masked.json"), &out("again.png"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(png_pixels(&out("again.png")), masked);
 
@@ -640,12 +625,7 @@ fn magcache_calibrates_then_skips_calls() {
     let image = png(dir.path(), "tree.png", 120, 80, 13);
     let out = |name: &str| dir.path().join(name);
     let generate = |name: &str, extra: &[&str]| {
-        let mut all = vec!["--steps", "10"];
-        all.extend_from_slice(extra);
-        let args = tiny_args(image.to_str().unwrap(), out(name).to_str().unwrap(), &all);
-        let o = run(&refs(&args));
-        assert!(o.status.success(), "{name}: {}", stderr(&o));
-        framepack::RunRecord::read(out(name).with_extension("json")).unwrap()
+        generate_ok(&image, &out(name), &[&["--steps", "10"], extra].concat())
     };
     let none = generate("none.mp4", &["--cache", "none"]);
     assert_eq!(none.result.model_calls_skipped, 0);
@@ -694,13 +674,7 @@ fn magcache_calibrates_then_skips_calls() {
     );
     assert!(error > 0.0 && error < 0.2, "{error:.3e}");
 
-    let o = run(&[
-        "generate",
-        "--replay",
-        out("cached.json").to_str().unwrap(),
-        "--out",
-        out("again.mp4").to_str().unwrap(),
-    ]);
+    let o = replay(&out("cached.json"), &out("again.mp4"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         read_mp4(&out("again.mp4")).frames,
