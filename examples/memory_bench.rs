@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use framepack::framepack_models::cuda::{pool_usage, CudaBackend, CudaDevice};
 use framepack::{
-    FramePackBackend, InputImage, MemoryMode, Pipeline, Progress, Request, Resolution, WeightFormat,
+    DeviceChoice, FramePackBackend, InputImage, MemoryMode, Pipeline, Progress, Request,
+    Resolution, WeightFormat,
 };
 
 type B = CudaBackend;
@@ -91,8 +92,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     eprintln!("building ({memory} mode) ...");
-    let mut pipeline = Pipeline::<B>::builder_for()
-        .device(device.clone())
+    let mut pipeline = Pipeline::builder()
+        .device(DeviceChoice::Cuda(device.index))
         .full_size_random(0)
         .memory(memory)
         .block_weights(if args.iter().any(|a| a == "--fp8") {

@@ -340,8 +340,19 @@ fn weight_bytes(dir: &Path) -> u64 {
 
 /// Checks a component folder without reading its weights: the config parses, the tokenizer
 /// loads, every safetensors header parses and matches its file size, and building the network
-/// against the headers finds every key at the expected shape and no unexpected key.
-pub fn check<B: FramePackBackend>(
+/// against the headers finds every key at the expected shape and no unexpected key. Nothing
+/// is computed: the networks are built on the host backend of this build.
+pub fn check(component: Component, path: &Path) -> Result<CheckReport> {
+    #[cfg(feature = "cpu")]
+    type Host = framepack_models::CpuBackend;
+    #[cfg(all(not(feature = "cpu"), feature = "cuda"))]
+    type Host = framepack_models::cuda::CudaBackend;
+    #[cfg(all(not(feature = "cpu"), not(feature = "cuda"), feature = "wgpu"))]
+    type Host = burn::backend::Wgpu;
+    check_on::<Host>(component, path, &Default::default())
+}
+
+fn check_on<B: FramePackBackend>(
     component: Component,
     path: &Path,
     device: &B::Device,

@@ -14,7 +14,7 @@
 //! // `tiny_random` builds small random networks of the real architectures: the whole pipeline
 //! // runs on a CPU in seconds, and the output is noise. For real videos use
 //! // `Pipeline::builder().download(true).build()?` (about 40 GB of checkpoints).
-//! let mut pipeline: Pipeline = Pipeline::builder().tiny_random(0).dtype(framepack::DType::F32).build()?;
+//! let mut pipeline = Pipeline::builder().tiny_random(0).dtype(framepack::DType::F32).build()?;
 //! let image = InputImage::from_rgb8(48, 32, vec![30; 48 * 32 * 3])?;
 //! let request = Request::new(image, "a boat drifts").seconds(2.0).steps(2)
 //!     .resolution(Resolution::Exact { height: 32, width: 48 });
@@ -56,8 +56,8 @@ pub use lora::{LoraChoice, LoraMode, DEFAULT_LORA_STRENGTH};
 pub use magcache::{read_ratios, MagCacheSettings};
 pub use memory::{Dtypes, MemoryMode};
 pub use pipeline::{
-    DefaultBackend, Outputs, Pipeline, PipelineBuilder, Progress, SectionProgress, Stage,
-    StepProgress, Video, WeightFormat,
+    Outputs, Pipeline, PipelineBuilder, Progress, SectionProgress, Stage, StepProgress, Video,
+    WeightFormat,
 };
 pub use record::{ModelKind, RunRecord};
 pub use request::{EndFrame, JobPlan, Request, Resolution};
@@ -67,7 +67,7 @@ pub use framepack_core::{Flavor, Mode, SectionPlan, WindowSize};
 pub use framepack_models;
 pub use framepack_models::FramePackBackend;
 pub use framepack_sampling;
-pub use framepack_sampling::{CancelToken, History};
+pub use framepack_sampling::{CancelToken, History, LatentHistory};
 
 /// The README's code blocks, compiled and run as doctests so that the README stays true.
 #[doc = include_str!("../README.md")]

@@ -66,8 +66,11 @@ pub struct ModelsRecord {
 pub struct RuntimeRecord {
     /// The burn backend (`cpu`, `cuda`, `wgpu`).
     pub backend: String,
-    /// The device, as the backend names it.
+    /// The device (`cpu`, `cuda:0`, `wgpu`).
     pub device: String,
+    /// Whether the device was chosen automatically ([`DeviceChoice::Auto`](crate::DeviceChoice)).
+    #[serde(default)]
+    pub device_auto: bool,
     /// Compute dtypes per network.
     pub dtypes: Dtypes,
     /// How the transformer blocks' weights are kept (dense, FP8, FP8 on tensor cores).

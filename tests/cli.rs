@@ -98,6 +98,25 @@ fn demo_generates_a_video_and_replays_it() {
     let b = framepack::RunRecord::read(out_dir.join("again.json")).unwrap();
     assert_eq!(a.request, b.request);
     assert_eq!(a.models, b.models);
+    // No --device: `auto` picked the best device this build has and the record says so (the
+    // CI build has only the CPU backend).
+    let auto = framepack::DeviceChoice::Auto.resolve().unwrap().to_string();
+    assert_eq!(
+        (a.runtime.device.as_str(), a.runtime.device_auto),
+        (auto.as_str(), true)
+    );
+    assert!(
+        stderr(&o).contains(&format!("on {auto} (auto)")),
+        "{}",
+        stderr(&o)
+    );
+    // Named, it is not automatic.
+    let named = out_dir.join("named.mp4");
+    let r = generate_ok(&image, &named, &["--device", "cpu"]);
+    assert_eq!(
+        (r.runtime.device.as_str(), r.runtime.device_auto),
+        ("cpu", false)
+    );
 }
 
 /// Runs a command that must fail: exit status 1, one `error:` line naming the problem, and
@@ -283,6 +302,7 @@ fn info_lists_backends_devices_and_models() {
         "cpu",
         "devices:",
         "memory",
+        "what --device auto, the default, picks",
         "transformer",
         "not found",
         "image_encoder",
@@ -360,14 +380,8 @@ fn write_lora(path: &Path, kohya: bool, modules: &[(&str, [usize; 2])], seed: u3
 
 /// The latent history of a run, as f32 values.
 fn latents(path: &Path) -> Vec<f32> {
-    let (history, _) =
-        framepack::History::<framepack::DefaultBackend>::load(path, &Default::default()).unwrap();
-    history
-        .latents()
-        .clone()
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap()
+    let (history, _) = framepack::LatentHistory::load(path).unwrap();
+    history.values().to_vec()
 }
 
 fn relative_l2(a: &[f32], b: &[f32]) -> f64 {

@@ -6,24 +6,23 @@
 mod common;
 
 use common::small_request;
-use framepack::framepack_models::cuda::{CudaBackend, CudaDevice};
-use framepack::{Frames, Pipeline};
+use framepack::{DeviceChoice, Frames, Pipeline};
 
-/// `Pipeline` on CUDA is `Send`.
+/// `Pipeline` is `Send` in a build with the CUDA backend (its model set may be CUDA's).
 const _: fn() = || {
     fn send<T: Send>() {}
-    send::<Pipeline<CudaBackend>>();
+    send::<Pipeline>();
 };
 
-fn cuda_pipeline() -> Pipeline<CudaBackend> {
-    Pipeline::<CudaBackend>::builder_for()
-        .device(CudaDevice { index: 0 })
+fn cuda_pipeline() -> Pipeline {
+    Pipeline::builder()
+        .device(DeviceChoice::Cuda(0))
         .tiny_random(0)
         .build()
         .expect("the tiny pipeline on CUDA")
 }
 
-fn frames(pipeline: &mut Pipeline<CudaBackend>) -> Frames {
+fn frames(pipeline: &mut Pipeline) -> Frames {
     pipeline
         .generate(&small_request(2.0), |_| {})
         .expect("a tiny job on CUDA")

@@ -40,8 +40,7 @@ fn finds_snapshots_and_checks_headers() {
         cache_dir: Some(cache.path().to_path_buf()),
         ..Default::default()
     };
-    let device = Default::default();
-    let b = |c: Component, path: &Path| check::<framepack::DefaultBackend>(c, path, &device);
+    let b = |c: Component, path: &Path| check(c, path);
 
     // Nothing yet: not found, naming the repository and the download command.
     let e = locations

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use common::{listing, psnr, psnr_2x2, read_mp4, small_request, tiny_pipeline};
 use framepack::{
-    CancelToken, Error, History, InputImage, MemoryMode, Mode, Outputs, Progress, Request,
+    CancelToken, Error, InputImage, LatentHistory, MemoryMode, Mode, Outputs, Progress, Request,
     Resolution, RunRecord, WeightFormat,
 };
 
@@ -112,13 +112,10 @@ fn whole_pipeline_writes_a_decodable_mp4_and_a_reproducible_record() {
     );
 
     // The latents load back with their parameters.
-    let (history, params) = History::<framepack::DefaultBackend>::load(
-        dir.path().join("boat.latents.safetensors"),
-        &Default::default(),
-    )
-    .unwrap();
+    let (history, params) =
+        LatentHistory::load(dir.path().join("boat.latents.safetensors")).unwrap();
     assert_eq!(history.generated(), 19);
-    assert_eq!(history.latents().dims(), video.latents.latents().dims());
+    assert_eq!(history, video.latents);
     assert_eq!((params.seed, params.steps, params.sections), (7, 3, 2));
 
     // Replaying the record gives the same frames, bit for bit.

@@ -210,13 +210,80 @@ impl<B: Backend> History<B> {
         Ok(())
     }
 
+    /// The history copied to host memory (what a finished job hands back, and what is saved).
+    pub fn to_host(&self) -> Result<LatentHistory> {
+        Ok(LatentHistory {
+            values: host_values(self.latents.clone(), "history")?,
+            shape: self.latents.dims(),
+            generated: self.generated,
+            plan: self.plan,
+        })
+    }
+
+    /// A history on `device` from host latents.
+    pub fn from_host(host: &LatentHistory, device: &B::Device) -> Result<Self> {
+        let latents = Tensor::<B, 5>::from_data(
+            TensorData::new(host.values.clone(), host.shape),
+            (device, DType::F32),
+        );
+        Self::from_latents(host.plan, latents, host.generated)
+    }
+
+    /// Writes the history and `params` to a safetensors file ([`LatentHistory::save`]).
+    pub fn save(&self, path: impl AsRef<Path>, params: &GenerationParams) -> Result<()> {
+        self.to_host()?.save(path, params)
+    }
+
+    /// Reads a history written by [`save`](Self::save) onto `device`.
+    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<(Self, GenerationParams)> {
+        let (host, params) = LatentHistory::load(&path)?;
+        let history =
+            Self::from_host(&host, device).map_err(|e| SamplingError::BadHistoryFile {
+                path: path.as_ref().to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok((history, params))
+    }
+}
+
+/// A latent history in host memory: the whole buffer as `f32` values, which frames are valid,
+/// and how it grows. It names no backend: a finished job hands it back whatever device the job
+/// ran on, and it is what the safetensors file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentHistory {
+    values: Vec<f32>,
+    shape: [usize; 5],
+    generated: u32,
+    plan: HistoryPlan,
+}
+
+impl LatentHistory {
+    /// `[batch, channels, frames, h, w]` of the whole buffer.
+    pub fn shape(&self) -> [usize; 5] {
+        self.shape
+    }
+
+    /// The whole buffer's values, row-major in [`shape`](Self::shape).
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// `total_generated_latent_frames`: valid frames at the growing end.
+    pub fn generated(&self) -> u32 {
+        self.generated
+    }
+
+    /// How the history grows.
+    pub fn plan(&self) -> HistoryPlan {
+        self.plan
+    }
+
     /// Writes the history and `params` to a safetensors file (`history` tensor, `f32`, and the
     /// bookkeeping plus the parameters as JSON in `__metadata__`).
     pub fn save(&self, path: impl AsRef<Path>, params: &GenerationParams) -> Result<()> {
         let path = path.as_ref();
-        let shape = self.latents.dims().to_vec();
-        let values = host_values(self.latents.clone(), "history")?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = self.shape.to_vec();
+        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
             .map_err(|e| SamplingError::BadHistoryFile {
                 path: path.to_path_buf(),
@@ -260,8 +327,8 @@ impl<B: Backend> History<B> {
         })
     }
 
-    /// Reads a history written by [`save`](Self::save) onto `device`.
-    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<(Self, GenerationParams)> {
+    /// Reads a history written by [`save`](Self::save), checking its bookkeeping.
+    pub fn load(path: impl AsRef<Path>) -> Result<(Self, GenerationParams)> {
         let path = path.as_ref();
         let bad = |reason: String| SamplingError::BadHistoryFile {
             path: path.to_path_buf(),
@@ -334,15 +401,28 @@ impl<B: Backend> History<B> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let latents =
-            Tensor::<B, 5>::from_data(TensorData::new(values, shape), (device, DType::F32));
+        if shape.contains(&0) {
+            return Err(bad(format!("`{TENSOR_KEY}` has an empty shape {shape:?}")));
+        }
+        if generated as usize > shape[2] {
+            return Err(bad(format!(
+                "{generated} valid frames in a history of {}",
+                shape[2]
+            )));
+        }
         let plan = HistoryPlan {
             zero_frames,
             starts_with_start_latent,
             growth,
         };
-        let history =
-            Self::from_latents(plan, latents, generated).map_err(|e| bad(e.to_string()))?;
-        Ok((history, params))
+        Ok((
+            Self {
+                values,
+                shape,
+                generated,
+                plan,
+            },
+            params,
+        ))
     }
 }

@@ -61,7 +61,7 @@ pub use denoiser::{
 };
 pub use error::{Result, SamplingError};
 pub use guidance::Guidance;
-pub use history::{GenerationParams, History};
+pub use history::{GenerationParams, History, LatentHistory};
 pub use noise::NoiseGenerator;
 pub use progress::{CancelToken, Event, SectionEvent, StepEvent};
 pub use sections::{Completion, SectionInputs, SectionOutput, SectionSampler};

@@ -22,9 +22,9 @@ use framepack::framepack_core::{Flavor, WindowSize};
 use framepack::hub::{self, Component, ModelLocations};
 use framepack::memory::dtype_name;
 use framepack::{
-    CancelToken, DType, DeviceChoice, Dtypes, Error, FramePackBackend, InputImage,
-    KisekaeReference, LoraChoice, LoraMode, MagCacheSettings, MemoryMode, Mode, ModelKind, Outputs,
-    Pipeline, Progress, Request, Resolution, RunRecord, Stage, WeightFormat,
+    CancelToken, DType, DeviceChoice, Dtypes, Error, InputImage, KisekaeReference, LoraChoice,
+    LoraMode, MagCacheSettings, MemoryMode, Mode, ModelKind, Outputs, Pipeline, Progress, Request,
+    Resolution, RunRecord, Stage, WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -222,8 +222,9 @@ struct ModelArgs {
     /// Download missing checkpoints (about 40 GB).
     #[arg(long)]
     download: bool,
-    /// cpu, cuda, cuda:N or wgpu.
-    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    /// auto (the first CUDA GPU when built with cuda, else the wgpu adapter when built with
+    /// wgpu, else the CPU), cpu, cuda, cuda:N or wgpu.
+    #[arg(long, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// auto (CUDA: bf16 transformer + fp16 encoders; wgpu: f16 where the adapter has it, else
     /// f32; the CPU: f32), f32, f16 or bf16.
@@ -598,7 +599,7 @@ fn remove_preview() {
 }
 
 fn generate(args: GenerateArgs) -> Result<(), Failure> {
-    let device = args.models.device;
+    let device = args.models.device.resolve()?;
     let mut dtypes = dtypes_for(args.models.dtype, device);
     let mut tiny = (args.models.model == ModelArg::TinyRandom).then_some(args.models.tiny_seed);
     let request = match &args.replay {
@@ -666,14 +667,11 @@ fn generate(args: GenerateArgs) -> Result<(), Failure> {
         plan_frames: plan.frames(),
         outputs,
         tiny,
+        device,
         dtypes,
         args: &args,
     };
-    match device {
-        DeviceChoice::Cpu => run_cpu(job),
-        DeviceChoice::Cuda(index) => run_cuda(job, index),
-        DeviceChoice::Wgpu => run_wgpu(job),
-    }
+    run(job)
 }
 
 struct Job<'a> {
@@ -681,59 +679,10 @@ struct Job<'a> {
     plan_frames: u32,
     outputs: Outputs,
     tiny: Option<u64>,
+    device: DeviceChoice,
     /// `None`: chosen for the device ([`Dtypes::for_device`]).
     dtypes: Option<Dtypes>,
     args: &'a GenerateArgs,
-}
-
-#[cfg(feature = "cpu")]
-fn run_cpu(job: Job<'_>) -> Result<(), Failure> {
-    run::<framepack_models::CpuBackend>(job, Default::default(), "cpu")
-}
-
-#[cfg(not(feature = "cpu"))]
-fn run_cpu(_: Job<'_>) -> Result<(), Failure> {
-    Err(Error::DeviceUnavailable {
-        device: "cpu".into(),
-        reason: "this build has no CPU backend; rebuild with `--features cpu`".into(),
-    }
-    .into())
-}
-
-#[cfg(feature = "cuda")]
-fn run_cuda(job: Job<'_>, index: usize) -> Result<(), Failure> {
-    use framepack_models::cuda::{device_report, CudaBackend, CudaDevice};
-    if device_report(index).is_none() {
-        return Err(Error::DeviceUnavailable {
-            device: format!("cuda:{index}"),
-            reason: "no such CUDA device (no NVIDIA GPU, or the driver could not be loaded)".into(),
-        }
-        .into());
-    }
-    run::<CudaBackend>(job, CudaDevice { index }, "cuda")
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda(_: Job<'_>, index: usize) -> Result<(), Failure> {
-    Err(Error::DeviceUnavailable {
-        device: format!("cuda:{index}"),
-        reason: "this build has no CUDA backend; rebuild with `--features cuda`".into(),
-    }
-    .into())
-}
-
-#[cfg(feature = "wgpu")]
-fn run_wgpu(job: Job<'_>) -> Result<(), Failure> {
-    run::<burn::backend::Wgpu>(job, Default::default(), "wgpu")
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn run_wgpu(_: Job<'_>) -> Result<(), Failure> {
-    Err(Error::DeviceUnavailable {
-        device: "wgpu".into(),
-        reason: "this build has no wgpu backend; rebuild with `--features wgpu`".into(),
-    }
-    .into())
 }
 
 /// Progress bars on stderr (hidden when stderr is not a terminal; then stage notes are plain
@@ -789,12 +738,13 @@ impl Ui {
     }
 }
 
-fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> Result<(), Failure> {
+fn run(job: Job<'_>) -> Result<(), Failure> {
     let Job {
         request,
         plan_frames,
         outputs,
         tiny,
+        device,
         dtypes,
         args,
     } = job;
@@ -818,13 +768,12 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
         eprintln!("stopping after the current step (Ctrl-C again to quit at once)");
     });
 
-    let dtypes = dtypes.unwrap_or_else(|| Dtypes::for_device::<B>(&device));
     let mut ui = Ui::new();
     let started = Instant::now();
     let memory = args.models.memory;
-    let mut builder = Pipeline::<B>::builder_for()
-        .device(device)
-        .dtypes(dtypes)
+    // The builder resolves `auto` again, so that the record says the choice was automatic.
+    let mut builder = Pipeline::builder()
+        .device(args.models.device)
         .memory(memory)
         .block_weights(if args.models.fp8_tensor_cores {
             WeightFormat::Fp8TensorCores
@@ -836,11 +785,19 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
         .mode(request.mode_value())
         .lora_mode(args.models.lora_mode)
         .loras(request.loras());
+    if let Some(dtypes) = dtypes {
+        builder = builder.dtypes(dtypes);
+    }
+    let auto = if args.models.device == DeviceChoice::Auto {
+        " (auto)"
+    } else {
+        ""
+    };
     let loading = match tiny {
         Some(seed) => {
             builder = builder.tiny_random(seed);
             format!(
-                "model: tiny-random (seed {seed}) on {backend}: random weights, the output is NOISE"
+                "model: tiny-random (seed {seed}) on {device}{auto}: random weights, the output is NOISE"
             )
         }
         None => {
@@ -869,8 +826,11 @@ fn run<B: FramePackBackend>(job: Job<'_>, device: B::Device, backend: &str) -> R
                 builder = builder.prompt_cache_dir(dir);
             }
             format!(
-                "loading the FramePack models on {backend} ({} transformer) ...",
-                dtype_name(dtypes.transformer)
+                "loading the FramePack models on {device}{auto}{} ...",
+                dtypes.map_or(String::new(), |d| format!(
+                    " ({} transformer)",
+                    dtype_name(d.transformer)
+                ))
             )
         }
     };
@@ -1129,11 +1089,14 @@ fn info(args: InfoArgs) -> Result<(), Error> {
         None => println!("  cpu      {threads} threads"),
     }
     cuda_devices();
+    match DeviceChoice::Auto.resolve() {
+        Ok(device) => println!("  default  {device} (what --device auto, the default, picks)"),
+        Err(e) => println!("  default  none: {e}"),
+    }
     let locations = args.locations.locations(false);
     println!(
         "model files (searched: explicit folders, --model-dir, then the Hugging Face caches):"
     );
-    let device = Default::default();
     for c in Component::ALL {
         let name = c.folder().display_name();
         match locations.find(c) {
@@ -1142,7 +1105,7 @@ fn info(args: InfoArgs) -> Result<(), Error> {
                 let status = if args.no_check {
                     "found".to_string()
                 } else {
-                    match hub::check::<framepack::DefaultBackend>(c, &found.path, &device) {
+                    match hub::check(c, &found.path) {
                         Ok(r) if r.tensors > 0 => {
                             format!(
                                 "valid ({} tensors, {:.1} GB)",
