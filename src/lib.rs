@@ -49,6 +49,7 @@ pub use burn::tensor::DType;
 pub use device::DeviceChoice;
 pub use error::{Error, Result};
 pub use framepack_models::ops::DeviceMemory;
+pub use framepack_models::runtime::RuntimeOptions;
 pub use frames::Frames;
 pub use input::InputImage;
 pub use kisekae::KisekaeReference;

@@ -81,6 +81,9 @@ pub struct RuntimeRecord {
     /// How the request's LoRAs were applied.
     #[serde(default)]
     pub lora_mode: crate::LoraMode,
+    /// The backends' kernel choices (tuned kernels, attention kernel, FP8 tensor cores).
+    #[serde(default)]
+    pub kernels: framepack_models::runtime::RuntimeOptions,
 }
 
 /// What came out.

@@ -117,6 +117,20 @@ fn demo_generates_a_video_and_replays_it() {
         (r.runtime.device.as_str(), r.runtime.device_auto),
         ("cpu", false)
     );
+    assert!(a.runtime.kernels.tuned_kernels && !a.runtime.kernels.fp8_tensor_cores);
+
+    // Kernel choices are the pipeline's runtime options, kept in the record: FP8 tensor cores
+    // imply FP8 block weights (on the CPU the products fall back to expanded weights, so the
+    // frames are the --fp8 run's), and the portable kernels replace the tuned ones.
+    let fp8 = out_dir.join("fp8.mp4");
+    let r8 = generate_ok(&image, &fp8, &["--fp8"]);
+    let tc = out_dir.join("tensor_cores.mp4");
+    let rtc = generate_ok(&image, &tc, &["--fp8-tensor-cores", "--portable-kernels"]);
+    assert_eq!(r8.runtime.block_weights, framepack::WeightFormat::Fp8);
+    assert_eq!(rtc.runtime.block_weights, framepack::WeightFormat::Fp8);
+    assert!(rtc.runtime.kernels.fp8_tensor_cores && !rtc.runtime.kernels.tuned_kernels);
+    assert!(!r8.runtime.kernels.fp8_tensor_cores);
+    assert_eq!(read_mp4(&tc).frames, read_mp4(&fp8).frames);
 }
 
 /// Runs a command that must fail: exit status 1, one `error:` line naming the problem, and

@@ -8,7 +8,7 @@ use std::time::Instant;
 use common::{listing, psnr, psnr_2x2, read_mp4, small_request, tiny_pipeline};
 use framepack::{
     CancelToken, Error, InputImage, LatentHistory, MemoryMode, Mode, Outputs, Progress, Request,
-    Resolution, RunRecord, WeightFormat,
+    Resolution, RunRecord, RuntimeOptions, WeightFormat,
 };
 
 #[test]
@@ -337,14 +337,16 @@ fn low_vram_mode_gives_the_resident_video() {
 
 #[test]
 fn fp8_blocks_give_a_close_video_and_are_recorded() {
-    let build = |format, memory| {
+    let build_with = |format, memory, runtime| {
         framepack::Pipeline::builder()
             .tiny_random(0)
             .dtype(framepack::DType::F32)
             .memory(memory)
             .block_weights(format)
+            .runtime(runtime)
             .build()
     };
+    let build = |format, memory| build_with(format, memory, RuntimeOptions::default());
     let mut dense = build(WeightFormat::Dense, MemoryMode::Auto).unwrap();
     let mut fp8 = build(WeightFormat::Fp8, MemoryMode::Auto).unwrap();
     let request = small_request(1.0).seed(5);
@@ -367,13 +369,14 @@ fn fp8_blocks_give_a_close_video_and_are_recorded() {
     assert_eq!(streamed.frames.as_bytes(), video.frames.as_bytes());
     // FP8 tensor-core products need a GPU with them: on the CPU they fall back to the
     // expanded weights, the FP8 video exactly, and the record says what was asked for.
-    let mut tensor_cores = build(WeightFormat::Fp8TensorCores, MemoryMode::Auto).unwrap();
+    let asked = RuntimeOptions::default().fp8_tensor_cores(true);
+    let mut tensor_cores = build_with(WeightFormat::Fp8, MemoryMode::Auto, asked.clone()).unwrap();
+    assert_eq!(tensor_cores.runtime(), &asked);
     let fallback = tensor_cores.generate(&request, |_| {}).unwrap();
     assert_eq!(fallback.frames.as_bytes(), video.frames.as_bytes());
-    assert_eq!(
-        fallback.record.runtime.block_weights,
-        WeightFormat::Fp8TensorCores
-    );
+    assert_eq!(fallback.record.runtime.block_weights, WeightFormat::Fp8);
+    assert_eq!(fallback.record.runtime.kernels, asked);
+    assert!(!video.record.runtime.kernels.fp8_tensor_cores);
 }
 
 /// `Pipeline` is `Send`: a server or GUI keeps it on a worker thread.

@@ -22,11 +22,11 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
 use framepack_models::cuda::{
     attention_kernels, device_report, engine_summary, fp8_tensor_cores_available,
-    fp8_tensor_cores_check, pool_usage, set_attention_kernel, set_fp8_tensor_cores, time_kernels,
-    CudaBackend as B, CudaDevice,
+    fp8_tensor_cores_check, pool_usage, time_kernels, CudaBackend as B, CudaDevice,
 };
 use framepack_models::fp8::Fp8Host;
 use framepack_models::nn::WeightFormat;
+use framepack_models::runtime::RuntimeOptions;
 use framepack_models::transformer::{
     BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
     STREAMED_TOKEN_CHUNK,
@@ -108,16 +108,19 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
                 .into_data()
                 .to_vec()
                 .expect("values");
-            let mut w8 = Fp8Host::quantize(&values, [n, k]).upload::<B>(device, DType::BF16);
-            w8.tensor_cores = true;
-            let rate = op_and_kernel(iters, device, flops, || {
-                drop(B::dense_fp8(x.clone(), &w8, Some(b.clone()), gelu))
+            let w8 = Fp8Host::quantize(&values, [n, k]).upload::<B>(device, DType::BF16);
+            let rate = RuntimeOptions::default().fp8_tensor_cores(true).scope(|| {
+                op_and_kernel(iters, device, flops, || {
+                    drop(B::dense_fp8(x.clone(), &w8, Some(b.clone()), gelu))
+                })
             });
             rows.push((format!("{name}, FP8 tensor cores"), rate));
         }
     }
     for kernel in attention_kernels(device) {
-        set_attention_kernel(Some(kernel));
+        let _kernel = RuntimeOptions::default()
+            .attention_kernel(Some(kernel))
+            .enter();
         for seq in [4096usize, 18261] {
             let q = randn([1, seq, 24, 128], device);
             let k = randn([1, seq, 24, 128], device);
@@ -129,7 +132,6 @@ fn op_rates(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
             rows.push((format!("attention {kernel} 24 heads x {seq} x 128"), rate));
         }
     }
-    set_attention_kernel(None);
     let x = randn([1, 17500, 3072], device);
     let shift = randn([1, 1, 3072], device);
     let scale = randn([1, 1, 3072], device);
@@ -559,13 +561,14 @@ fn main() {
     if args.flag("--fp8") {
         // The same weights with FP8 blocks: memory, speed and error against bf16, with the
         // weights expanded before each GEMM (`WeightFormat::Fp8`'s numbers) and on FP8 tensor
-        // cores (`Fp8TensorCores`: activations rounded to e4m3 too), one loaded model.
+        // cores (`RuntimeOptions::fp8_tensor_cores`: activations rounded to e4m3 too), one
+        // loaded model.
         drop(model);
         B::sync(&device).expect("sync");
         B::memory_cleanup(&device);
         let empty_pool = pool_usage(&device).0;
         let start = Instant::now();
-        let model = load(WeightFormat::Fp8TensorCores);
+        let model = load(WeightFormat::Fp8);
         B::sync(&device).expect("sync");
         let build = start.elapsed().as_secs_f64();
         B::memory_cleanup(&device);
@@ -586,7 +589,9 @@ fn main() {
                 rows.push(("FP8 tensor cores: not available".into(), reason.clone()));
                 continue;
             }
-            set_fp8_tensor_cores(tensor_cores);
+            let _options = RuntimeOptions::default()
+                .fp8_tensor_cores(tensor_cores)
+                .enter();
             let label = if tensor_cores {
                 "FP8 blocks on FP8 tensor cores"
             } else {
@@ -624,7 +629,6 @@ fn main() {
                 fp8_out = Some(out8);
             }
         }
-        set_fp8_tensor_cores(true);
         let fp8_out = fp8_out.expect("expanded forward ran");
         // Control (`--fp8-control`): a dense bf16 model whose block weights are the FP8
         // values. It must give the expanded FP8 forward (the expansion is exact), so the error

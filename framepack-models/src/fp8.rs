@@ -159,7 +159,6 @@ impl Fp8Host {
             codes,
             scales,
             dtype,
-            tensor_cores: false,
         }
     }
 }
@@ -173,10 +172,6 @@ pub struct Fp8Weight<B: Backend> {
     pub scales: Tensor<B, 1>,
     /// The compute dtype the weight expands to.
     pub dtype: DType,
-    /// Products on FP8 tensor cores with e4m3 activations
-    /// ([`WeightFormat::Fp8TensorCores`](crate::nn::WeightFormat::Fp8TensorCores),
-    /// [`FramePackBackend::dense_fp8`]) instead of expanding the weight.
-    pub tensor_cores: bool,
 }
 
 impl<B: FramePackBackend> Fp8Weight<B> {

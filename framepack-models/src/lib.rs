@@ -20,6 +20,7 @@ pub mod fp8;
 pub mod lora;
 pub mod nn;
 pub mod ops;
+pub mod runtime;
 pub mod streaming;
 pub mod text;
 pub mod transformer;

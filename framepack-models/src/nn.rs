@@ -7,27 +7,33 @@ use crate::lora::LowRankAdapter;
 use crate::ops::FramePackBackend;
 use crate::weights::{join, TensorSource, WeightError};
 
-/// How a linear layer keeps its weight (named `dense`, `fp8`, `fp8_tensor_cores` in run
-/// records).
+/// How a linear layer keeps its weight (named `dense`, `fp8` in run records). Whether FP8
+/// products run on FP8 tensor cores is an execution choice, not a property of the weights:
+/// [`RuntimeOptions::fp8_tensor_cores`](crate::runtime::RuntimeOptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
     /// In the compute dtype.
     #[default]
     Dense,
-    /// As FP8 codes with per-row scales ([`crate::fp8`]), expanded at every use.
+    /// As FP8 codes with per-row scales ([`crate::fp8`]), expanded at every use (or, with
+    /// the FP8 tensor-core option on a GPU that has them, multiplied as they are). Records
+    /// of earlier versions name it `fp8_tensor_cores` when that option was on.
+    #[serde(alias = "fp8_tensor_cores")]
     Fp8,
-    /// As [`WeightFormat::Fp8`], the products on FP8 tensor cores where the backend has them
-    /// ([`FramePackBackend::dense_fp8`]: Hopper-class CUDA GPUs), each row of activations
-    /// rounded to e4m3 with its own scale; elsewhere exactly [`WeightFormat::Fp8`].
-    Fp8TensorCores,
 }
 
 impl WeightFormat {
     /// Whether weights are kept as FP8 codes.
     pub fn is_fp8(self) -> bool {
-        matches!(self, Self::Fp8 | Self::Fp8TensorCores)
+        self == Self::Fp8
     }
+}
+
+/// Whether FP8 products may run on FP8 tensor cores on this thread
+/// ([`RuntimeOptions::fp8_tensor_cores`](crate::runtime::RuntimeOptions)).
+fn fp8_tensor_cores() -> bool {
+    crate::runtime::with_current(|o| o.fp8_tensor_cores)
 }
 
 /// A linear layer's weight `[out, in]`, dense or FP8.
@@ -87,7 +93,6 @@ impl<B: FramePackBackend> Weight<B> {
                 codes: Tensor::cat(fp8.iter().map(|w| w.codes.clone()).collect(), 0),
                 scales: Tensor::cat(fp8.iter().map(|w| w.scales.clone()).collect(), 0),
                 dtype: first.dtype,
-                tensor_cores: first.tensor_cores,
             }),
             _ => Self::Dense(Tensor::cat(parts.iter().map(Self::tensor).collect(), 0)),
         }
@@ -144,10 +149,7 @@ impl<B: FramePackBackend> Linear<B> {
         let shape = [out_features, in_features];
         let weight = match format {
             WeightFormat::Dense => Weight::Dense(src.tensor(&key, shape, dtype)?),
-            WeightFormat::Fp8 | WeightFormat::Fp8TensorCores => Weight::Fp8(Fp8Weight {
-                tensor_cores: format == WeightFormat::Fp8TensorCores,
-                ..src.fp8_weight(&key, shape, dtype)?
-            }),
+            WeightFormat::Fp8 => Weight::Fp8(src.fp8_weight(&key, shape, dtype)?),
         };
         let bias = if bias {
             Some(src.tensor(&join(prefix, "bias"), [out_features], dtype)?)
@@ -160,7 +162,7 @@ impl<B: FramePackBackend> Linear<B> {
     /// `x · Wᵀ + b` over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.weight {
-            Weight::Fp8(w) if w.tensor_cores => B::dense_fp8(x, w, self.bias.clone(), false),
+            Weight::Fp8(w) if fp8_tensor_cores() => B::dense_fp8(x, w, self.bias.clone(), false),
             weight => B::dense(x, weight.tensor(), self.bias.clone()),
         }
     }
@@ -168,7 +170,7 @@ impl<B: FramePackBackend> Linear<B> {
     /// `GELU_tanh(x · Wᵀ + b)`, fused where the backend can.
     pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.weight {
-            Weight::Fp8(w) if w.tensor_cores => B::dense_fp8(x, w, self.bias.clone(), true),
+            Weight::Fp8(w) if fp8_tensor_cores() => B::dense_fp8(x, w, self.bias.clone(), true),
             weight => B::dense_gelu(x, weight.tensor(), self.bias.clone()),
         }
     }

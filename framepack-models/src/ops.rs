@@ -235,9 +235,9 @@ pub trait FramePackBackend: Backend {
         work()
     }
 
-    /// `y = x · Wᵀ + b` (then GELU-tanh when `gelu`) for an FP8 weight of
-    /// [`WeightFormat::Fp8TensorCores`](crate::nn::WeightFormat::Fp8TensorCores): on FP8
-    /// tensor cores, each row of `x` rounded to e4m3 with its own absmax scale (as the weight's
+    /// `y = x · Wᵀ + b` (then GELU-tanh when `gelu`) for an FP8 weight, called when the
+    /// thread's [`RuntimeOptions::fp8_tensor_cores`](crate::runtime::RuntimeOptions) is on: on
+    /// FP8 tensor cores, each row of `x` rounded to e4m3 with its own absmax scale (as the weight's
     /// rows are) and the products accumulated in fp32. By default, and wherever a backend has
     /// no such path, the weight is expanded to the compute dtype and `x` is used as it is (the
     /// numbers of [`WeightFormat::Fp8`](crate::nn::WeightFormat::Fp8)).

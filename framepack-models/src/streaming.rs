@@ -139,7 +139,6 @@ impl<B: Backend, S: TensorSource<B>> TensorSource<B> for HostCapture<'_, B, S> {
             codes: Tensor::<B, 2, Int>::zeros([1, 1], (device, DType::U8)).expand(shape),
             scales: Tensor::<B, 1>::zeros([1], (device, DType::F32)).expand([shape[0]]),
             dtype,
-            tensor_cores: false,
         })
     }
 }
@@ -229,7 +228,6 @@ impl<B: Backend> TensorSource<B> for ReplaySource<B> {
             codes: codes.reshape(shape),
             scales,
             dtype,
-            tensor_cores: false,
         })
     }
 }

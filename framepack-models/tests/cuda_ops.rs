@@ -5,24 +5,25 @@
 
 use burn::tensor::{DType, Distribution, Tensor};
 use framepack_models::cuda::{
-    attention_kernels, engine_summary, set_attention_kernel, set_hopper_attention,
-    set_tuned_kernels, time_kernels, CudaBackend as B, CudaDevice,
+    attention_kernels, engine_summary, time_kernels, CudaBackend as B, CudaDevice,
 };
+use framepack_models::runtime::RuntimeOptions;
 use framepack_models::FramePackBackend;
 use std::sync::{Mutex, MutexGuard};
 
-/// The tuned switches (`set_tuned_kernels`, the attention kernel) are process-wide, and every
-/// test either flips them or needs them on: each test holds this for its whole body, so the
-/// suite gives the same results with any number of test threads. Each test still runs on a
-/// thread of its own (the engine is created on whichever thread comes first).
-static SWITCH: Mutex<()> = Mutex::new(());
+/// The kernel choices are per thread ([`RuntimeOptions::scope`]), so tests cannot change each
+/// other's; they still run one at a time, so that the timed ones and autotuning (burn's
+/// portable kernels) do not compete for the GPU. Each test runs on a thread of its own (the
+/// engine is created on whichever thread comes first).
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
-    let guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    set_tuned_kernels(true);
-    set_attention_kernel(None);
-    set_hopper_attention(true);
-    guard
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `work` on burn's portable kernels (the tuned ones off on this thread).
+fn portable<R>(work: impl FnOnce() -> R) -> R {
+    RuntimeOptions::default().tuned_kernels(false).scope(work)
 }
 
 fn device() -> CudaDevice {
@@ -33,15 +34,10 @@ fn randn<const D: usize>(shape: [usize; D], std: f64) -> Tensor<B, D> {
     Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), &device()).cast(DType::BF16)
 }
 
-/// Runs `f` with the tuned kernels on and off; returns (tuned, portable) as fp32. Called
-/// under [`serial`].
+/// Runs `f` with the tuned kernels on and off; returns (tuned, portable) as fp32.
 fn both<const D: usize>(f: impl Fn() -> Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
-    set_tuned_kernels(true);
     let tuned = f().cast(DType::F32);
-    set_tuned_kernels(false);
-    let portable = f().cast(DType::F32);
-    set_tuned_kernels(true);
-    (tuned, portable)
+    (tuned, portable(|| f().cast(DType::F32)))
 }
 
 /// Softmax attention on the host in f64 (`[batch, seq, heads, dim]`, grouped heads when k and
@@ -303,16 +299,19 @@ fn flash_attention_matches_portable() {
     for (name, q, k, v) in &cases {
         let exact = attention_host(q, k, v, false);
         for kernel in &kernels {
-            set_attention_kernel(Some(kernel));
-            let tuned = B::attend(q.clone(), k.clone(), v.clone(), None).cast(DType::F32);
+            let tuned = RuntimeOptions::default()
+                .attention_kernel(Some(kernel))
+                .scope(|| B::attend(q.clone(), k.clone(), v.clone(), None).cast(DType::F32));
             check(&format!("{kernel}: {name}"), (tuned, exact.clone()), 1e-2);
         }
     }
-    set_attention_kernel(None);
-    // Switching the Hopper kernels off selects the sm_80 kernel.
-    set_hopper_attention(false);
-    assert!(engine_summary(0).contains("flash_attention_fwd_bf16"));
-    set_hopper_attention(true);
+    // Switching the Hopper kernels off selects the sm_80 kernel, on this thread only.
+    let without_hopper = RuntimeOptions::default()
+        .hopper_attention(false)
+        .scope(|| engine_summary(0));
+    assert!(without_hopper.contains("flash_attention_fwd_bf16"));
+    let other_thread = std::thread::spawn(|| engine_summary(0)).join().unwrap();
+    assert_eq!(other_thread, engine_summary(0));
 }
 
 #[test]
@@ -526,10 +525,9 @@ fn conv3d_matches_host() {
         // burn's own convolution once (it autotunes every new shape: 10-15 s each).
         if name == cases[0].0 {
             let f32 = |t: &Tensor<B, 5>| t.clone().cast(DType::F32);
-            set_tuned_kernels(false);
-            let portable =
-                B::conv3d_valid(f32(&x), f32(&w), Some(b.clone().cast(DType::F32)), stride);
-            set_tuned_kernels(true);
+            let portable = portable(|| {
+                B::conv3d_valid(f32(&x), f32(&w), Some(b.clone().cast(DType::F32)), stride)
+            });
             let what = format!("conv3d {name} burn F32");
             let err = relative_l2_host(&what, &pick(host(portable)), &expected);
             results.push((what, err, 1e-5));
@@ -613,7 +611,7 @@ fn gemm_attention_matches_fp32() {
     }
 }
 
-/// FP8 tensor-core products (`WeightFormat::Fp8TensorCores`) against the same arithmetic on
+/// FP8 tensor-core products (`RuntimeOptions::fp8_tensor_cores`) against the same arithmetic on
 /// the host in f64: activations and weights rounded to e4m3 per row by `Fp8Host::quantize`
 /// (the rule our quantisation kernel follows), products of the rounded values, bias, GELU.
 /// bf16 output: relative L2 <= 1e-2. The activations' rounding is visible: against the
@@ -645,8 +643,9 @@ fn fp8_tensor_core_dense_matches_host() {
     let bias_vals = host(randn([1, n], 0.5));
     let bias = Tensor::<B, 1>::from_data(TensorData::new(bias_vals.clone(), [n]), &device())
         .cast(DType::BF16);
-    let mut weight = w_host.clone().upload::<B>(&device(), DType::BF16);
-    weight.tensor_cores = true;
+    let weight = w_host.clone().upload::<B>(&device(), DType::BF16);
+    // FP8 tensor-core products are a per-thread option.
+    let on_tensor_cores = RuntimeOptions::default().fp8_tensor_cores(true);
 
     let w_vals = w_host.dequantize();
     let x_rounded = Fp8Host::quantize(&x_vals, [m, k]).dequantize();
@@ -676,7 +675,9 @@ fn fp8_tensor_core_dense_matches_host() {
         } else {
             "fp8 dense + bias"
         };
-        let out = B::dense_fp8(x.clone(), &weight, Some(bias.clone()), with_gelu).cast(DType::F32);
+        let out = on_tensor_cores
+            .scope(|| B::dense_fp8(x.clone(), &weight, Some(bias.clone()), with_gelu))
+            .cast(DType::F32);
         if tensor_cores {
             let exact = relative_l2(name, out.clone(), reference(&x_rounded, with_gelu));
             let unrounded = relative_l2(name, out.clone(), reference(&x_vals, with_gelu));
@@ -688,7 +689,8 @@ fn fp8_tensor_core_dense_matches_host() {
             );
             // A 3-D input takes the same path.
             let x3 = x.clone().reshape([2, m / 2, k]);
-            let out3 = B::dense_fp8(x3, &weight, Some(bias.clone()), with_gelu);
+            let out3 =
+                on_tensor_cores.scope(|| B::dense_fp8(x3, &weight, Some(bias.clone()), with_gelu));
             let diff = (out3.cast(DType::F32).reshape([m, n]) - out.clone())
                 .abs()
                 .max()

@@ -24,7 +24,7 @@ use framepack::memory::dtype_name;
 use framepack::{
     CancelToken, DType, DeviceChoice, Dtypes, Error, InputImage, KisekaeReference, LoraChoice,
     LoraMode, MagCacheSettings, MemoryMode, Mode, ModelKind, Outputs, Pipeline, Progress, Request,
-    Resolution, RunRecord, Stage, WeightFormat,
+    Resolution, RunRecord, RuntimeOptions, Stage, WeightFormat,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -246,6 +246,10 @@ struct ModelArgs {
     /// activations rounded to e4m3 per token): faster, a little less exact. Implies --fp8.
     #[arg(long)]
     fp8_tensor_cores: bool,
+    /// Run every operation on burn's portable kernels instead of the tuned CUDA ones (to
+    /// compare the two; also FRAMEPACK_PORTABLE_OPS=1). Slower; no effect on the CPU.
+    #[arg(long)]
+    portable_kernels: bool,
     /// How LoRAs are applied: merge (into the weights while they load; works with --fp8 and
     /// low-vram) or adapters (beside the weights: no merge, a little slower per step; resident
     /// memory only).
@@ -738,6 +742,14 @@ impl Ui {
     }
 }
 
+/// The kernel choices the model options name, on top of the environment's.
+fn kernels(models: &ModelArgs) -> RuntimeOptions {
+    let env = RuntimeOptions::from_env();
+    let tuned = env.tuned_kernels && !models.portable_kernels;
+    env.fp8_tensor_cores(models.fp8_tensor_cores)
+        .tuned_kernels(tuned)
+}
+
 fn run(job: Job<'_>) -> Result<(), Failure> {
     let Job {
         request,
@@ -775,13 +787,12 @@ fn run(job: Job<'_>) -> Result<(), Failure> {
     let mut builder = Pipeline::builder()
         .device(args.models.device)
         .memory(memory)
-        .block_weights(if args.models.fp8_tensor_cores {
-            WeightFormat::Fp8TensorCores
-        } else if args.models.fp8 {
+        .block_weights(if args.models.fp8 || args.models.fp8_tensor_cores {
             WeightFormat::Fp8
         } else {
             WeightFormat::Dense
         })
+        .runtime(kernels(&args.models))
         .mode(request.mode_value())
         .lora_mode(args.models.lora_mode)
         .loras(request.loras());

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use burn::tensor::DType;
 use framepack_core::Mode;
 use framepack_models::nn::WeightFormat;
+use framepack_models::runtime::RuntimeOptions;
 use framepack_models::text::{LlamaTokenizer, PromptOverflow};
 
 use super::models::Settings;
@@ -37,6 +38,7 @@ impl Default for PipelineBuilder {
                 prompt_cache: None,
                 lora_mode: LoraMode::default(),
                 loras: Vec::new(),
+                runtime: RuntimeOptions::from_env(),
             },
             device: DeviceChoice::Auto,
         }
@@ -130,10 +132,19 @@ impl PipelineBuilder {
     /// (e4m3 codes with per-row scales) halves their memory, with a small error against the
     /// checkpoint's weights (docs/performance.md). In the low-VRAM mode it also halves the
     /// pinned host copy of the blocks and each block's transfer.
-    /// [`WeightFormat::Fp8TensorCores`] also runs their products on FP8 tensor cores where
-    /// the GPU has them (activations rounded to e4m3 per token).
+    /// [`RuntimeOptions::fp8_tensor_cores`] also runs their products on FP8 tensor cores
+    /// where the GPU has them (activations rounded to e4m3 per token).
     pub fn block_weights(mut self, format: WeightFormat) -> Self {
         self.settings.block_weights = format;
+        self
+    }
+
+    /// The backends' kernel choices (default [`RuntimeOptions::from_env`]: the tuned CUDA
+    /// kernels unless `FRAMEPACK_PORTABLE_OPS` is set, the best attention kernel, no FP8
+    /// tensor cores). They belong to this pipeline: it applies them to its own loads and
+    /// jobs, whatever another pipeline in the process uses.
+    pub fn runtime(mut self, options: RuntimeOptions) -> Self {
+        self.settings.runtime = options;
         self
     }
 

@@ -363,6 +363,7 @@ fn record<B: FramePackBackend>(
             block_weights: models.block_weights,
             memory: models.memory,
             lora_mode: models.lora_mode,
+            kernels: models.runtime.clone(),
         },
         result: ResultRecord {
             size: [plan.bucket.height, plan.bucket.width],

@@ -23,6 +23,7 @@ pub use output::{Outputs, Video};
 pub use progress::{Progress, SectionProgress, Stage, StepProgress};
 
 use framepack_models::failure::catch;
+use framepack_models::runtime::RuntimeOptions;
 use framepack_models::FramePackBackend;
 use framepack_sampling::CancelToken;
 
@@ -155,6 +156,11 @@ impl Pipeline {
         with_models!(&self.engine, m => m.dtypes)
     }
 
+    /// The kernel choices this pipeline runs with.
+    pub fn runtime(&self) -> &RuntimeOptions {
+        with_models!(&self.engine, m => &m.runtime)
+    }
+
     /// The memory mode in use (never [`MemoryMode::Auto`]: that is resolved when the pipeline
     /// is built).
     pub fn memory(&self) -> MemoryMode {
@@ -202,9 +208,12 @@ fn run_caught<B: FramePackBackend>(
 ) -> Result<Video> {
     let device = models.device.clone();
     let low_vram = models.memory.is_low_vram();
+    let runtime = models.runtime.clone();
     catch(|| {
-        sized::<B, _>(low_vram, &device, || {
-            job::run(models, place, request, cancel, on_progress)
+        runtime.scope(|| {
+            sized::<B, _>(low_vram, &device, || {
+                job::run(models, place, request, cancel, on_progress)
+            })
         })
     })?
 }

@@ -10,6 +10,7 @@ use framepack_core::Mode;
 use framepack_models::failure::catch;
 use framepack_models::lora::LoraSet;
 use framepack_models::nn::WeightFormat;
+use framepack_models::runtime::RuntimeOptions;
 use framepack_models::text::{
     CachedPromptEncoder, PromptCache, PromptEmbeddings, PromptEncoder, PromptOverflow,
     TextEncoderFolders, TextEncoders,
@@ -41,6 +42,7 @@ pub(crate) struct Settings {
     pub(crate) prompt_cache: Option<PathBuf>,
     pub(crate) lora_mode: LoraMode,
     pub(crate) loras: Vec<LoraChoice>,
+    pub(crate) runtime: RuntimeOptions,
 }
 
 /// Which weights a pipeline runs.
@@ -124,6 +126,8 @@ pub(crate) struct ModelSet<B: FramePackBackend> {
     pub(crate) source: Source,
     family: Family,
     pub(crate) lora_mode: LoraMode,
+    /// The kernel choices, applied to every load and job of this model set.
+    pub(crate) runtime: RuntimeOptions,
     /// The LoRAs in the transformer (merged, or as adapters).
     loras: Vec<LoraChoice>,
     lora_hashes: lora::HashCache,
@@ -213,25 +217,28 @@ impl<B: FramePackBackend> ModelSet<B> {
         };
         let mut revisions = BTreeMap::new();
         // Exact-size buffers in the low-VRAM mode: the resident parts do not pin pooled pages.
+        let runtime = settings.runtime.clone();
         let loaded = catch(|| {
-            sized::<B, _>(low_vram, &device, || -> Result<_> {
-                let encoders = match &source {
-                    Source::Random { seed, scale } => {
-                        random_encoders(&device, *seed, *scale, dtypes, low_vram)?
-                    }
-                    Source::Pretrained(locations) => pretrained_encoders(
-                        locations,
-                        settings.prompt_cache.as_deref(),
-                        &device,
-                        dtypes,
-                        low_vram,
-                        &mut revisions,
-                    )?,
-                };
-                // Last: every other checkpoint was found before the largest load.
-                let (transformer, revision) =
-                    source_transformer(&source, family, &device, setup, &lora_set)?;
-                Ok((transformer, revision, encoders))
+            runtime.scope(|| {
+                sized::<B, _>(low_vram, &device, || -> Result<_> {
+                    let encoders = match &source {
+                        Source::Random { seed, scale } => {
+                            random_encoders(&device, *seed, *scale, dtypes, low_vram)?
+                        }
+                        Source::Pretrained(locations) => pretrained_encoders(
+                            locations,
+                            settings.prompt_cache.as_deref(),
+                            &device,
+                            dtypes,
+                            low_vram,
+                            &mut revisions,
+                        )?,
+                    };
+                    // Last: every other checkpoint was found before the largest load.
+                    let (transformer, revision) =
+                        source_transformer(&source, family, &device, setup, &lora_set)?;
+                    Ok((transformer, revision, encoders))
+                })
             })
         })??;
         let (transformer, revision, encoders) = loaded;
@@ -257,6 +264,7 @@ impl<B: FramePackBackend> ModelSet<B> {
             source,
             family,
             lora_mode: settings.lora_mode,
+            runtime,
             loras: settings.loras,
             lora_hashes: lora::HashCache::default(),
             transformer: Some(transformer),

@@ -6,8 +6,6 @@
 //! engine uses to fetch whole key tiles into shared memory (already in the 128-byte swizzle
 //! that wgmma reads) without the threads issuing a load each.
 
-use std::sync::Mutex;
-
 use cudarc::driver::sys::{
     self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
     CUtensorMapL2promotion, CUtensorMapSwizzle,
@@ -49,37 +47,24 @@ pub(crate) const HOPPER_KERNELS: [(&str, u32, bool); 3] = [
 /// The sm_80 (mma.sync) kernel, available on every GPU the tuned path runs on.
 pub(crate) const SM80_KERNEL: &str = "flash_attention_fwd_bf16";
 
-static CHOICE: Mutex<Option<String>> = Mutex::new(None);
-
-/// Runs attention on the kernel named `name` (one of
-/// [`attention_kernels`](super::attention_kernels)) instead of the default, the first Hopper
-/// kernel that passed its self-test; `None` restores the default. For comparing kernels on one
-/// device.
-pub fn set_attention_kernel(name: Option<&str>) {
-    *CHOICE.lock().unwrap_or_else(|e| e.into_inner()) = name.map(str::to_string);
-}
-
-/// The kernel attention runs on: the chosen one where it exists, else the first Hopper kernel
-/// (unless Hopper kernels are switched off), else the sm_80 kernel; a TMA kernel gives way to
-/// the next one where `call`'s operands do not suit it.
+/// The kernel attention runs on: the one `choice` names where it exists, else the first Hopper
+/// kernel (unless Hopper kernels are switched off), else the sm_80 kernel; a TMA kernel gives
+/// way to the next one where `call`'s operands do not suit it.
 pub(crate) fn selected<'a>(
     hopper: &'a [AttentionKernel],
     sm80: &'a AttentionKernel,
     hopper_enabled: bool,
+    choice: Option<&str>,
     call: Option<&AttentionCall>,
 ) -> &'a AttentionKernel {
     let usable = |k: &&AttentionKernel| !k.tma || call.is_none_or(AttentionCall::tma_ready);
-    let chosen = CHOICE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_deref()
-        .and_then(|name| {
-            hopper
-                .iter()
-                .chain([sm80])
-                .filter(usable)
-                .find(|k| k.name == name)
-        });
+    let chosen = choice.and_then(|name| {
+        hopper
+            .iter()
+            .chain([sm80])
+            .filter(usable)
+            .find(|k| k.name == name)
+    });
     if let Some(k) = chosen {
         return k;
     }

@@ -8,7 +8,6 @@
 //! built: relative errors of 0.05-0.21).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
@@ -69,42 +68,10 @@ pub(crate) struct Engine {
     pub index: usize,
 }
 
-static TUNED: AtomicBool = AtomicBool::new(true);
-static HOPPER_ATTENTION: AtomicBool = AtomicBool::new(true);
-
-/// Turns the Hopper (wgmma) attention kernels on or off (on by default where they exist); off,
-/// attention runs on the sm_80 tensor-core kernel unless
-/// [`set_attention_kernel`](super::set_attention_kernel) names another. For comparing them.
-pub fn set_hopper_attention(enabled: bool) {
-    HOPPER_ATTENTION.store(enabled, Ordering::SeqCst);
-}
-
-pub(crate) fn hopper_attention() -> bool {
-    HOPPER_ATTENTION.load(Ordering::SeqCst)
-}
-
-static FP8_TENSOR_CORES: AtomicBool = AtomicBool::new(true);
-
-/// Turns the FP8 tensor-core GEMM on or off (on by default where it exists); off, FP8 weights
-/// of `WeightFormat::Fp8TensorCores` are expanded as `WeightFormat::Fp8`'s are. For
-/// comparing the two on one loaded model.
-pub fn set_fp8_tensor_cores(enabled: bool) {
-    FP8_TENSOR_CORES.store(enabled, Ordering::SeqCst);
-}
-
-pub(crate) fn fp8_tensor_cores() -> bool {
-    FP8_TENSOR_CORES.load(Ordering::SeqCst)
-}
-
-/// Turns the tuned CUDA kernels on or off for the whole process (on by default). With them
-/// off, every operation takes the portable burn path: used to compare both on the same inputs.
-pub fn set_tuned_kernels(enabled: bool) {
-    TUNED.store(enabled, Ordering::SeqCst);
-}
-
-/// Whether the tuned kernels are on.
+/// Whether the tuned kernels are on for the calling thread
+/// ([`RuntimeOptions::tuned_kernels`](crate::runtime::RuntimeOptions)).
 pub fn tuned_kernels() -> bool {
-    TUNED.load(Ordering::SeqCst) && std::env::var_os("FRAMEPACK_PORTABLE_OPS").is_none()
+    crate::runtime::with_current(|o| o.tuned_kernels)
 }
 
 fn compile(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels, String> {
@@ -179,12 +146,15 @@ impl Kernels {
     /// The attention kernel for `call`, or the one in use where no call is given
     /// ([`attention::selected`]).
     pub(crate) fn attention(&self, call: Option<&AttentionCall>) -> &AttentionKernel {
-        attention::selected(
-            &self.hopper_attention,
-            &self.flash_attention,
-            hopper_attention(),
-            call,
-        )
+        crate::runtime::with_current(|o| {
+            attention::selected(
+                &self.hopper_attention,
+                &self.flash_attention,
+                o.hopper_attention,
+                o.attention_kernel.as_deref(),
+                call,
+            )
+        })
     }
 }
 

@@ -6,7 +6,8 @@
 //! with NVRTC at run time (`kernels.cu`: flash attention, fused LayerNorm + modulation,
 //! RMSNorm + RoPE, gated residual, activations). Anything a kernel does not cover (other
 //! dtypes, masks, head sizes) takes the portable burn path, as does everything when the
-//! engine cannot be created or [`set_tuned_kernels`] turned it off.
+//! engine cannot be created or the [`RuntimeOptions`](crate::runtime::RuntimeOptions) of the
+//! calling thread turn the tuned kernels off.
 
 mod attention;
 mod attention_gemm;
@@ -26,12 +27,8 @@ use burn_cubecl::CubeBackend;
 use cubecl::cuda::CudaRuntime;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-pub use attention::set_attention_kernel;
 pub use cubecl::cuda::CudaDevice;
-pub use engine::{
-    device_report, engine_summary, set_fp8_tensor_cores, set_hopper_attention, set_tuned_kernels,
-    tuned_kernels,
-};
+pub use engine::{device_report, engine_summary, tuned_kernels};
 pub use error::CudaError;
 pub use stream::CudaStreamer;
 pub use timing::{time_kernels, KernelTime};
@@ -57,9 +54,8 @@ pub fn pool_usage(device: &CudaDevice) -> (u64, u64) {
 
 pub(crate) type Prim = CubeTensor<CudaRuntime>;
 
-/// Whether products with FP8 weights of
-/// [`WeightFormat::Fp8TensorCores`](crate::nn::WeightFormat::Fp8TensorCores) run on this
-/// device's FP8 tensor cores: cuBLASLt offers an e4m3 GEMM with per-row scales here (Hopper
+/// Whether products with FP8 weights can run on this device's FP8 tensor cores (when the
+/// [`RuntimeOptions::fp8_tensor_cores`](crate::runtime::RuntimeOptions) ask for it): cuBLASLt offers an e4m3 GEMM with per-row scales here (Hopper
 /// and later, with a cuBLASLt of CUDA 12.9 or newer). Elsewhere they expand the weight.
 pub fn fp8_tensor_cores_available(device: &CudaDevice) -> bool {
     fp8_tensor_cores_check(device).is_ok()
@@ -89,7 +85,7 @@ pub fn fp8_tensor_cores_check(device: &CudaDevice) -> Result<(), String> {
 }
 
 /// The names of the attention kernels usable on `device`, the default first (the sm_80 kernel
-/// last), for [`set_attention_kernel`]; empty where the tuned kernels are unavailable.
+/// last), for [`RuntimeOptions::attention_kernel`](crate::runtime::RuntimeOptions); empty where the tuned kernels are unavailable.
 pub fn attention_kernels(device: &CudaDevice) -> Vec<&'static str> {
     match engine_for(device).as_ref().and_then(|e| e.kernels.as_ref()) {
         Some(k) => k
@@ -307,7 +303,7 @@ fn dense_fp8_tuned<const D: usize>(
     bias: &Option<Tensor<CudaBackend, 1>>,
     gelu: bool,
 ) -> Option<Tensor<CudaBackend, D>> {
-    if !engine::fp8_tensor_cores() {
+    if !crate::runtime::with_current(|o| o.fp8_tensor_cores) {
         return None;
     }
     let device = x.device();
