@@ -19,13 +19,15 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 use framepack_core::Mode;
-use framepack_models::text::{ClipTextConfig, ClipTokenizer, LlamaConfig, LlamaTokenizer};
+use framepack_models::text::{
+    ClipTextConfig, ClipTextEncoder, ClipTokenizer, LlamaConfig, LlamaTokenizer,
+};
 use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
-use framepack_models::vision::{SiglipImageProcessor, SiglipVisionConfig};
+use framepack_models::vision::{SiglipImageProcessor, SiglipVisionConfig, SiglipVisionEncoder};
 use framepack_models::weights::hub::{self, RepoFolder};
-use framepack_models::weights::{CheckpointFiles, TensorSource, WeightError};
-use framepack_models::FramePackBackend;
+use framepack_models::weights::{CheckpointFiles, Rerooted, TensorSource, WeightError};
+use framepack_models::{FramePackBackend, LoadOptions};
 
 use crate::error::{Error, Result};
 
@@ -383,7 +385,7 @@ fn check_on<B: FramePackBackend>(
         prefix: String::new(),
         used: HashSet::new(),
     };
-    let dtype = DType::F32;
+    let options = LoadOptions::new(DType::F32);
     match component {
         Component::Transformer | Component::TransformerF1 => {
             let config_path = path.join("config.json");
@@ -392,12 +394,12 @@ fn check_on<B: FramePackBackend>(
             } else {
                 TransformerConfig::framepack()
             };
-            drop(FramePackTransformer::load(&mut src, config, dtype)?);
+            drop(FramePackTransformer::load(&mut src, config, &options)?);
             src.finish(|_| false)?;
         }
         Component::Vae => {
             let config = VaeConfig::from_file(path.join("config.json"))?;
-            drop(HunyuanVideoVae::load(&mut src, config, dtype)?);
+            drop(HunyuanVideoVae::load(&mut src, config, &options)?);
             src.finish(|_| false)?;
         }
         Component::TextEncoder => {
@@ -408,36 +410,20 @@ fn check_on<B: FramePackBackend>(
             }
             let unused = config.clone();
             drop(framepack_models::text::LlamaTextEncoder::load(
-                &mut src, config, dtype,
+                &mut src, config, &options,
             )?);
             src.finish(|k| unused.is_unused_key(k))?;
         }
         Component::TextEncoder2 => {
             let config = ClipTextConfig::from_file(path.join("config.json"))?;
-            let root = if files.contains("text_model.embeddings.token_embedding.weight")
-                || !files.contains("embeddings.token_embedding.weight")
-            {
-                "text_model"
-            } else {
-                ""
-            };
-            drop(framepack_models::text::ClipTextEncoder::load(
-                &mut src, root, config, dtype,
-            )?);
+            let rerooted = Rerooted::detect(&mut src, &files, ClipTextEncoder::<B>::KEY_ROOT);
+            drop(ClipTextEncoder::load(rerooted, config, &options)?);
             src.finish(ClipTextConfig::is_unused_key)?;
         }
         Component::ImageEncoder => {
             let config = SiglipVisionConfig::from_file(path.join("config.json"))?;
-            let root = if files.contains("vision_model.post_layernorm.weight")
-                || !files.contains("post_layernorm.weight")
-            {
-                "vision_model"
-            } else {
-                ""
-            };
-            drop(framepack_models::vision::SiglipVisionEncoder::load(
-                &mut src, root, config, dtype,
-            )?);
+            let rerooted = Rerooted::detect(&mut src, &files, SiglipVisionEncoder::<B>::KEY_ROOT);
+            drop(SiglipVisionEncoder::load(rerooted, config, &options)?);
             src.finish(SiglipVisionConfig::is_unused_key)?;
         }
         Component::Tokenizer | Component::Tokenizer2 | Component::FeatureExtractor => {}

@@ -17,7 +17,7 @@ use framepack_models::transformer::{FramePackTransformer, LoadOptions, Transform
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
 use framepack_models::vision::{SiglipVisionConfig, SiglipVisionEncoder};
 use framepack_models::weights::RandomSource;
-use framepack_models::{FramePackBackend, ModelError};
+use framepack_models::{FramePackBackend, ModelError, Residency};
 
 /// Standard deviation of the random weights (small enough that activations stay finite).
 const WEIGHT_STD: f64 = 0.05;
@@ -120,7 +120,7 @@ pub(crate) fn transformer<B: FramePackBackend>(
         Scale::Full => TransformerConfig::framepack(),
     };
     let src = source::<B>(device, seed, 0, scale);
-    Ok(FramePackTransformer::load_options(src, config, options)?.0)
+    Ok(FramePackTransformer::load(src, config, options)?.0)
 }
 
 /// The random VAE of `seed`.
@@ -134,7 +134,11 @@ pub(crate) fn vae<B: FramePackBackend>(
         Scale::Tiny => VaeConfig::tiny(),
         Scale::Full => VaeConfig::hunyuan_video(),
     };
-    HunyuanVideoVae::load(&mut source::<B>(device, seed, 1, scale), config, dtype)
+    HunyuanVideoVae::load(
+        &mut source::<B>(device, seed, 1, scale),
+        config,
+        &LoadOptions::new(dtype),
+    )
 }
 
 /// The random LLaMA and CLIP towers of `seed`.
@@ -168,16 +172,19 @@ pub(crate) fn text_encoders<B: FramePackBackend>(
         },
     };
     Ok(TinyTextEncoders {
-        llama: if layerwise {
-            LlamaTextEncoder::load_layerwise(source::<B>(device, seed, 2, scale), llama, dtype)?
-        } else {
-            LlamaTextEncoder::load(&mut source::<B>(device, seed, 2, scale), llama, dtype)?
-        },
+        llama: LlamaTextEncoder::load(
+            source::<B>(device, seed, 2, scale),
+            llama,
+            &LoadOptions::new(dtype).residency(if layerwise {
+                Residency::Streamed
+            } else {
+                Residency::Resident
+            }),
+        )?,
         clip: ClipTextEncoder::load(
             &mut source::<B>(device, seed, 3, scale),
-            "text_model",
             clip,
-            dtype,
+            &LoadOptions::new(dtype),
         )?,
         ids,
         revision: format!("random {scale:?} seed {seed} ({dtype:?})"),
@@ -197,9 +204,8 @@ pub(crate) fn siglip<B: FramePackBackend>(
     };
     SiglipVisionEncoder::load(
         &mut source::<B>(device, seed, 4, scale),
-        "vision_model",
         config,
-        dtype,
+        &LoadOptions::new(dtype),
     )
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use burn::tensor::DType;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
+use framepack_models::transformer::{FramePackTransformer, LoadOptions, TransformerConfig};
 use framepack_models::weights::RandomSource;
 use framepack_models::CpuBackend as B;
 
@@ -32,8 +32,9 @@ fn tiny_forward(c: &mut Criterion) {
         .throughput(Throughput::Elements(WINDOW));
     for dtype in [DType::F32, DType::BF16] {
         let mut src = RandomSource::<B>::new(&device, 0, 0.05);
-        let model =
-            FramePackTransformer::load(&mut src, config.clone(), dtype).expect("random weights");
+        let model = FramePackTransformer::load(&mut src, config.clone(), &LoadOptions::new(dtype))
+            .expect("random weights")
+            .0;
         let inputs = bench::inputs_at::<B>(&config, &device, dtype, [32, 32], [16, 16]);
         group.bench_function(
             format!("{dtype:?}, 32x32 latents, window 9 + context"),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use framepack_models::nn::WeightFormat;
 use framepack_models::transformer::{
-    ContextGroup, DoubleStreamBlock, FramePackTransformer, Rotary, SingleStreamBlock,
+    ContextGroup, DoubleStreamBlock, FramePackTransformer, LoadOptions, Rotary, SingleStreamBlock,
     TransformerConfig, TransformerInputs,
 };
 use framepack_models::weights::RandomSource;
@@ -21,8 +21,9 @@ fn time_forward<B: FramePackBackend>(dtype: DType, runs: usize) -> f64 {
     let device = B::Device::default();
     let config = TransformerConfig::tiny();
     let mut src = RandomSource::<B>::new(&device, 0, 0.05);
-    let model =
-        FramePackTransformer::load(&mut src, config.clone(), dtype).expect("random weights");
+    let model = FramePackTransformer::load(&mut src, config.clone(), &LoadOptions::new(dtype))
+        .expect("random weights")
+        .0;
     let (h, w) = (32, 32);
     let r =
         |shape: [usize; 5]| Tensor::<B, 5>::random(shape, Distribution::Normal(0.0, 1.0), &device);

@@ -28,8 +28,8 @@ use framepack_models::fp8::Fp8Host;
 use framepack_models::nn::WeightFormat;
 use framepack_models::runtime::RuntimeOptions;
 use framepack_models::transformer::{
-    BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
-    STREAMED_TOKEN_CHUNK,
+    BlockResidency, ContextGroup, FramePackTransformer, LoadOptions, TransformerConfig,
+    TransformerInputs, STREAMED_TOKEN_CHUNK,
 };
 use framepack_models::weights::{
     CheckpointFiles, RandomSource, SafetensorsSource, TensorSource, WeightError,
@@ -245,19 +245,22 @@ fn load_model(
     format: WeightFormat,
 ) -> FramePackTransformer<B> {
     let config = TransformerConfig::framepack();
+    let options = LoadOptions::new(DType::BF16)
+        .residency(residency)
+        .block_weights(format);
     match reference {
         Some(path) => {
             let mut src = SafetensorsSource::<B>::open(path, device).expect("reference weights");
-            let model =
-                FramePackTransformer::load_with(&mut src, config, DType::BF16, residency, format)
-                    .expect("load");
+            let (model, _, _) =
+                FramePackTransformer::load(&mut src, config, &options).expect("load");
             src.finish(|_| false).expect("every reference tensor used");
             model
         }
         None => {
-            let mut src = RandomSource::<B>::new(device, 0, 0.02);
-            FramePackTransformer::load_with(&mut src, config, DType::BF16, residency, format)
+            let src = RandomSource::<B>::new(device, 0, 0.02);
+            FramePackTransformer::load(src, config, &options)
                 .expect("random model")
+                .0
         }
     }
 }
@@ -409,7 +412,7 @@ fn vae_bench(device: &CudaDevice, rows: &mut Vec<(String, String)>) {
     let mut vae = HunyuanVideoVae::<B>::load(
         &mut RandomSource::<B>::new(device, 1, 0.02),
         VaeConfig::hunyuan_video(),
-        DType::F16,
+        &LoadOptions::new(DType::F16),
     )
     .expect("random VAE");
     vae.set_tiling(VaeTiling::low_vram()).expect("tiling");
@@ -638,8 +641,13 @@ fn main() {
             B::sync(&device).expect("sync");
             B::memory_cleanup(&device);
             let mut src = Fp8Rounded(SafetensorsSource::<B>::open(path, &device).expect("weights"));
-            let rounded =
-                FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("load");
+            let rounded = FramePackTransformer::load(
+                &mut src,
+                config.clone(),
+                &LoadOptions::new(DType::BF16),
+            )
+            .expect("load")
+            .0;
             let rounded_out = rounded.forward(&inputs).expect("forward");
             rows.push((
                 "FP8 blocks vs dense model on the FP8-rounded weights".into(),

@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use framepack_models::cuda::{device_report, engine_summary, CudaBackend as B, CudaDevice};
 use framepack_models::lora::{LoraFile, LoraSet, LoraSource};
-use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
+use framepack_models::transformer::{FramePackTransformer, LoadOptions, TransformerConfig};
 use framepack_models::weights::RandomSource;
 use safetensors::{tensor::TensorView, Dtype};
 
@@ -138,7 +138,9 @@ fn main() {
     let start = Instant::now();
     let mut src = RandomSource::<B>::new(&device, 0, 0.02);
     let mut model =
-        FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("base model");
+        FramePackTransformer::load(&mut src, config.clone(), &LoadOptions::new(DType::BF16))
+            .expect("base model")
+            .0;
     B::sync(&device).expect("sync");
     let t_base = start.elapsed().as_secs_f64();
     let mem_base = used();
@@ -200,7 +202,10 @@ fn main() {
     let mem_before = used();
     let start = Instant::now();
     let mut src = LoraSource::new(RandomSource::<B>::new(&device, 0, 0.02), &set);
-    let merged = FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("merged");
+    let merged =
+        FramePackTransformer::load(&mut src, config.clone(), &LoadOptions::new(DType::BF16))
+            .expect("merged")
+            .0;
     B::sync(&device).expect("sync");
     let t_merged = start.elapsed().as_secs_f64();
     let (_, report) = src.finish();
@@ -245,7 +250,10 @@ fn main() {
     );
     let mut src = LoraSource::new(RandomSource::<B>::new(&device, 0, 0.02), &nudged);
     let start = Instant::now();
-    let merged = FramePackTransformer::load(&mut src, config.clone(), DType::BF16).expect("merged");
+    let merged =
+        FramePackTransformer::load(&mut src, config.clone(), &LoadOptions::new(DType::BF16))
+            .expect("merged")
+            .0;
     B::sync(&device).expect("sync");
     let t_again = start.elapsed().as_secs_f64();
     let out_nudged = merged.forward(&x).expect("forward");

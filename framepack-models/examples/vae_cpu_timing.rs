@@ -16,13 +16,18 @@ use burn::tensor::{DType, Distribution, Tensor};
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
 use framepack_models::weights::RandomSource;
 use framepack_models::CpuBackend as B;
+use framepack_models::LoadOptions;
 
 fn main() {
     let device = Default::default();
     let started = Instant::now();
     let mut src = RandomSource::<B>::new(&device, 0, 0.02);
-    let vae = HunyuanVideoVae::load(&mut src, VaeConfig::hunyuan_video(), DType::F32)
-        .expect("random weights");
+    let vae = HunyuanVideoVae::load(
+        &mut src,
+        VaeConfig::hunyuan_video(),
+        &LoadOptions::new(DType::F32),
+    )
+    .expect("random weights");
     println!(
         "built the full-size VAE in {:.1} s",
         started.elapsed().as_secs_f64()

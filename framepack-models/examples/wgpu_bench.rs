@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::tensor::{backend::Backend, DType, Tensor};
-use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
+use framepack_models::transformer::{FramePackTransformer, LoadOptions, TransformerConfig};
 use framepack_models::weights::RandomSource;
 use framepack_models::FramePackBackend;
 
@@ -106,7 +106,9 @@ fn main() {
 
     let start = Instant::now();
     let mut src = RandomSource::<B>::new(&device, 0, 0.02);
-    let model = FramePackTransformer::load(&mut src, config.clone(), dtype).expect("random model");
+    let model = FramePackTransformer::load(&mut src, config.clone(), &LoadOptions::new(dtype))
+        .expect("random model")
+        .0;
     let inputs = default_inputs::<B>(&config, &device, dtype);
     B::sync(&device).expect("sync");
     rows.push((

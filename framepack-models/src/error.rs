@@ -20,6 +20,14 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A load option the network cannot honour ([`crate::load::LoadOptions`]).
+    #[error("the {network} cannot load with {option}")]
+    UnsupportedOption {
+        /// The network being loaded.
+        network: &'static str,
+        /// The option, and which networks take it.
+        option: String,
+    },
 }
 
 impl From<LoraError> for ModelError {
@@ -34,5 +42,19 @@ impl ModelError {
             argument,
             reason: reason.into(),
         }
+    }
+}
+
+/// `Ok` when `ok`, else the [`ModelError::Input`] error of `argument` with `reason`: the input
+/// checks of the networks' forward calls.
+pub(crate) fn check(
+    ok: bool,
+    argument: &'static str,
+    reason: impl FnOnce() -> String,
+) -> Result<(), ModelError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::input(argument, reason()))
     }
 }

@@ -3,6 +3,10 @@
 //! - [`transformer`]: the packed HunyuanVideo transformer (12.9 B parameters).
 //! - [`vae`]: HunyuanVideo's causal 3D VAE (encode, reference-exact tiled decode, streamed
 //!   cached decode).
+//! - [`text`], [`vision`]: the LLaMA and CLIP text encoders, the SigLIP image encoder.
+//! - [`load`]: how every network loads: `load(src, config, &LoadOptions)` from any
+//!   [`weights::TensorSource`], `from_folder(path, device, &LoadOptions)` from a published
+//!   checkpoint folder.
 //! - [`lora`]: LoRA files (kohya/musubi, diffusers, HunyuanVideo names), merged while the
 //!   weights load or kept as switchable adapters.
 //! - [`weights`]: safetensors files and shards, the Hugging Face cache, random and manifest
@@ -17,6 +21,7 @@ pub mod cuda;
 pub mod error;
 pub mod failure;
 pub mod fp8;
+pub mod load;
 pub mod lora;
 pub mod nn;
 pub mod ops;
@@ -31,6 +36,7 @@ pub mod weights;
 pub use burn;
 pub use error::ModelError;
 pub use failure::BackendError;
+pub use load::{LoadOptions, Residency};
 pub use ops::FramePackBackend;
 
 /// The CPU backend (burn-flex) used by tests and machines without a GPU.

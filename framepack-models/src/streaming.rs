@@ -232,6 +232,31 @@ impl<B: Backend> TensorSource<B> for ReplaySource<B> {
     }
 }
 
+/// Captures a block into host memory by running `load` (the block's ordinary loader) against
+/// a [`HostCapture`] of `src`, and stages it with `streamer`; returns its staged index.
+pub fn stage_block<B: Backend, S: TensorSource<B>, T>(
+    streamer: &mut dyn BlockStreamer<B>,
+    src: &mut S,
+    load: impl FnOnce(&mut HostCapture<'_, B, S>) -> Result<T, WeightError>,
+) -> Result<usize, WeightError> {
+    let mut capture = HostCapture::new(src);
+    load(&mut capture)?;
+    Ok(streamer.stage(capture.into_block()))
+}
+
+/// Rebuilds staged block `index` on `device`: runs `load` (the loader that captured it)
+/// against a [`ReplaySource`] of its device copy. The one way every streamed block is
+/// fetched, whatever its type.
+pub fn fetch_block<B: Backend, T>(
+    streamer: &dyn BlockStreamer<B>,
+    device: &B::Device,
+    index: usize,
+    load: impl FnOnce(&mut ReplaySource<B>) -> Result<T, WeightError>,
+) -> Result<T, WeightError> {
+    let mut replay = ReplaySource::new(streamer.block(index), streamer.fetch(index), device);
+    load(&mut replay)
+}
+
 /// Moves captured blocks between host and device. Blocks are staged once, then fetched by
 /// index before each use; `prefetch` lets a backend start the copy early.
 pub trait BlockStreamer<B: Backend>: Send + Sync {

@@ -11,7 +11,7 @@ use framepack_models::lora::{
     KeyStyle, LoraError, LoraFile, LoraSet, LoraSource, ModuleNames, UnmatchedReason,
 };
 use framepack_models::transformer::{
-    ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+    ContextGroup, FramePackTransformer, LoadOptions, TransformerConfig, TransformerInputs,
 };
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
 use framepack_models::{CpuBackend as B, ModelError};
@@ -217,14 +217,23 @@ fn lora_source<'a>(set: &'a LoraSet) -> LoraSource<'a, SafetensorsSource<B>> {
     )
 }
 
+/// The tiny model from `src`, no LoRA in the options (`src` may merge some).
+fn load_tiny<S: TensorSource<B>>(
+    src: S,
+    dtype: DType,
+) -> Result<FramePackTransformer<B>, ModelError> {
+    let options = LoadOptions::new(dtype);
+    FramePackTransformer::load(src, TransformerConfig::tiny(), &options).map(|(model, ..)| model)
+}
+
 fn load_base(dtype: DType) -> FramePackTransformer<B> {
-    let mut src = SafetensorsSource::<B>::open(model_path(), &Default::default()).unwrap();
-    FramePackTransformer::load(&mut src, TransformerConfig::tiny(), dtype).unwrap()
+    let src = SafetensorsSource::<B>::open(model_path(), &Default::default()).unwrap();
+    load_tiny(src, dtype).unwrap()
 }
 
 fn load_merged(set: &LoraSet, dtype: DType) -> FramePackTransformer<B> {
     let mut src = lora_source(set);
-    let model = FramePackTransformer::load(&mut src, TransformerConfig::tiny(), dtype).unwrap();
+    let model = load_tiny(&mut src, dtype).unwrap();
     let (inner, report) = src.finish();
     inner.finish(|_| false).unwrap();
     assert!(report.unmatched.is_empty(), "{report}");
@@ -889,7 +898,7 @@ fn keys_matching_no_module_are_reported_not_fatal() {
 
     // Merge: the model loads, the report names the block that is not in the model.
     let mut src = lora_source(&set);
-    FramePackTransformer::load(&mut src, TransformerConfig::tiny(), DType::F32).unwrap();
+    load_tiny(&mut src, DType::F32).unwrap();
     let (_, report) = src.finish();
     assert_eq!(report.applied, ["transformer_blocks.0.attn.to_q"]);
     let not_in_model: Vec<_> = report
@@ -927,9 +936,7 @@ fn shape_and_rank_mismatches_are_errors_naming_the_key() {
         .write(&dir.path().join("out.safetensors"));
     let set = LoraSet::open([(&path, 1.0)]).unwrap();
     let mut src = lora_source(&set);
-    let err = FramePackTransformer::load(&mut src, TransformerConfig::tiny(), DType::F32)
-        .err()
-        .unwrap();
+    let err = load_tiny(&mut src, DType::F32).err().unwrap();
     match &err {
         ModelError::Weights(WeightError::Lora(e)) => match e.as_ref() {
             LoraError::ShapeMismatch {
@@ -1060,13 +1067,9 @@ fn folder_loading_with_lora_matches_the_source_wrapper() {
         "num_single_layers": 2, "num_refiner_layers": 1, "text_embed_dim": 32,
         "pooled_projection_dim": 24, "rope_axes_dim": [4, 6, 6], "image_proj_dim": 20}"#;
     std::fs::write(model_dir.join("config.json"), config).unwrap();
-    let (model, report) = FramePackTransformer::<B>::from_folder_with_lora(
-        &model_dir,
-        &Default::default(),
-        DType::F32,
-        &set,
-    )
-    .unwrap();
+    let options = LoadOptions::new(DType::F32).loras(set.clone());
+    let (model, report) =
+        FramePackTransformer::<B>::from_folder(&model_dir, &Default::default(), &options).unwrap();
     assert!(report.unmatched.is_empty());
     let x = inputs(&io(), 1);
     let a = model.forward(&x).unwrap();
@@ -1075,4 +1078,35 @@ fn folder_loading_with_lora_matches_the_source_wrapper() {
         a.into_data().to_vec::<f32>().unwrap(),
         b.into_data().to_vec::<f32>().unwrap()
     );
+}
+
+/// LoRAs merge into the transformer only: the other networks refuse them by name.
+#[test]
+fn the_other_networks_refuse_loras() {
+    use framepack_models::text::{ClipTextConfig, ClipTextEncoder, LlamaConfig, LlamaTextEncoder};
+    use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
+    use framepack_models::vision::{SiglipVisionConfig, SiglipVisionEncoder};
+    use framepack_models::weights::RandomSource;
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = LoadOptions::new(DType::F32).loras(rich_set(dir.path(), 41, (1.0, 1.0)));
+    let random = || RandomSource::<B>::host(&Default::default(), 3, 0.05);
+    let refused = |result: Result<(), ModelError>, network: &str| match result {
+        Err(err @ ModelError::UnsupportedOption { .. }) => {
+            let message = err.to_string();
+            assert!(
+                message.contains(network) && message.contains("LoRA"),
+                "{message}"
+            );
+        }
+        other => panic!("{network}: expected LoRAs to be refused, got {other:?}"),
+    };
+    let vae = HunyuanVideoVae::load(random(), VaeConfig::tiny(), &options);
+    refused(vae.map(drop), "VAE");
+    let llama = LlamaTextEncoder::load(random(), LlamaConfig::tiny(), &options);
+    refused(llama.map(drop), "LLaMA");
+    let clip = ClipTextEncoder::load(random(), ClipTextConfig::tiny(), &options);
+    refused(clip.map(drop), "CLIP");
+    let siglip = SiglipVisionEncoder::load(random(), SiglipVisionConfig::tiny(), &options);
+    refused(siglip.map(drop), "SigLIP");
 }

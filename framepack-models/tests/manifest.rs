@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::DType;
-use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
+use framepack_models::transformer::{FramePackTransformer, LoadOptions, TransformerConfig};
 use framepack_models::weights::ManifestRecorder;
 use framepack_models::CpuBackend as B;
 
@@ -20,8 +20,9 @@ fn full_size_transformer_expects_exactly_the_published_keys_and_shapes() {
     assert_eq!(reference.len(), 1274);
 
     let mut recorder = ManifestRecorder::<B>::new(&Default::default());
-    let model =
-        FramePackTransformer::load(&mut recorder, TransformerConfig::framepack(), DType::BF16)
+    let options = LoadOptions::new(DType::BF16);
+    let (model, _, _) =
+        FramePackTransformer::load(&mut recorder, TransformerConfig::framepack(), &options)
             .unwrap();
     drop(model);
     let ours: BTreeMap<String, Vec<usize>> = recorder

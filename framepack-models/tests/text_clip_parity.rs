@@ -2,10 +2,14 @@
 //! the pooled output (legacy `eos_token_id = 2`: pooled at the largest id, the first EOS) of a
 //! 77-token padded input (fixtures from `tools/reference/encoders_fixture.py`).
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use burn::tensor::{DType, Tensor};
 use framepack_models::text::{ClipTextConfig, ClipTextEncoder};
 use framepack_models::weights::CheckpointFiles;
-use framepack_models::{CpuBackend as B, ModelError};
+use framepack_models::{CpuBackend as B, LoadOptions, ModelError};
+use safetensors::tensor::TensorView;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -31,10 +35,45 @@ fn ids(io: &CheckpointFiles) -> (Vec<u32>, usize) {
     )
 }
 
+/// `ClipTextConfig::tiny()` as a `config.json`.
+const TINY_CONFIG: &str = r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "vocab_size": 512}"#;
+
+/// A published-layout folder in `dir` holding `weights` and the tiny `config.json`, loaded.
+fn from_folder(dir: &Path, weights: &[u8], dtype: DType) -> ClipTextEncoder<B> {
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+    std::fs::write(dir.join("config.json"), TINY_CONFIG).unwrap();
+    let options = LoadOptions::new(dtype);
+    ClipTextEncoder::from_folder(dir, &Default::default(), &options).unwrap()
+}
+
 fn load(dtype: DType) -> ClipTextEncoder<B> {
-    let files = CheckpointFiles::open(format!("{FIXTURES}/text_clip_tiny.safetensors")).unwrap();
-    ClipTextEncoder::from_checkpoint(files, ClipTextConfig::tiny(), &Default::default(), dtype)
-        .unwrap()
+    let dir = tempfile::tempdir().unwrap();
+    let weights = std::fs::read(format!("{FIXTURES}/text_clip_tiny.safetensors")).unwrap();
+    let model = from_folder(dir.path(), &weights, dtype);
+    assert_eq!(model.config(), &ClipTextConfig::tiny());
+    model
+}
+
+/// transformers ≥ 5 save the tower without the `text_model.` root: the same model loads.
+#[test]
+fn a_checkpoint_without_the_text_model_root_loads_the_same() {
+    let bytes = std::fs::read(format!("{FIXTURES}/text_clip_tiny.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: HashMap<String, TensorView> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("text_model.").unwrap().to_string(), v))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let weights = safetensors::serialize(&views, None).unwrap();
+    let model = from_folder(dir.path(), &weights, DType::F32);
+    let (ids, _) = ids(&io());
+    let pooled = |model: &ClipTextEncoder<B>| {
+        let out = model.pooled(&ids).unwrap();
+        out.into_data().to_vec::<f32>().unwrap()
+    };
+    assert_eq!(pooled(&model), pooled(&load(DType::F32)));
 }
 
 #[test]

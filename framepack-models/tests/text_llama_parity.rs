@@ -4,12 +4,14 @@
 //! (fixtures from `tools/reference/encoders_fixture.py`).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use burn::tensor::{DType, Tensor};
 use framepack_models::text::{LlamaConfig, LlamaTextEncoder};
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource, WeightError};
-use framepack_models::{CpuBackend as B, ModelError};
+use framepack_models::{CpuBackend as B, LoadOptions, ModelError, Residency};
 use safetensors::tensor::TensorView;
+use tempfile::TempDir;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -36,9 +38,32 @@ fn io(key: &str) -> (Vec<u32>, Tensor<B, 3>) {
     (ids, io.read_stored(key, DType::F32, &dev).unwrap())
 }
 
+/// `LlamaConfig::tiny()` as a `config.json`.
+const TINY_CONFIG: &str = r#"{"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+    "max_position_embeddings": 512}"#;
+
+/// A published-layout folder in `dir` holding `weights` and the tiny `config.json`.
+fn write_folder(dir: &Path, weights: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+    std::fs::write(dir.join("config.json"), TINY_CONFIG).unwrap();
+}
+
+/// The fixture as a published folder, loaded with `options` (the folder is kept alive for
+/// streamed layers).
+fn from_folder(options: &LoadOptions) -> (Result<LlamaTextEncoder<B>, ModelError>, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = std::fs::read(format!("{FIXTURES}/text_llama_tiny.safetensors")).unwrap();
+    write_folder(dir.path(), &weights);
+    let model = LlamaTextEncoder::from_folder(dir.path(), &Default::default(), options);
+    (model, dir)
+}
+
 fn load(dtype: DType) -> LlamaTextEncoder<B> {
-    LlamaTextEncoder::from_checkpoint(weights(), LlamaConfig::tiny(), &Default::default(), dtype)
-        .unwrap()
+    let model = from_folder(&LoadOptions::new(dtype)).0.unwrap();
+    assert_eq!(model.config(), &LlamaConfig::tiny());
+    model
 }
 
 #[test]
@@ -75,7 +100,8 @@ fn fp16_matches_reference() {
 fn layers_after_hidden_state_minus_3_and_the_final_norm_are_never_read() {
     let dev = Default::default();
     let mut src = SafetensorsSource::<B>::new(weights(), &dev);
-    LlamaTextEncoder::load(&mut src, LlamaConfig::tiny(), DType::F32).unwrap();
+    let options = LoadOptions::new(DType::F32);
+    LlamaTextEncoder::load(&mut src, LlamaConfig::tiny(), &options).unwrap();
     match src.finish(|_| false) {
         Err(WeightError::UnexpectedKeys { count, sample, .. }) => {
             // layers.2.* and layers.3.* (9 tensors each) and norm.weight.
@@ -107,16 +133,11 @@ fn a_model_prefixed_checkpoint_loads_the_same() {
     let embed = st.tensor("embed_tokens.weight").unwrap();
     views.insert("lm_head.weight".into(), embed);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.safetensors");
-    std::fs::write(&path, safetensors::serialize(&views, None).unwrap()).unwrap();
+    write_folder(dir.path(), &safetensors::serialize(&views, None).unwrap());
 
-    let model = LlamaTextEncoder::<B>::from_checkpoint(
-        CheckpointFiles::open(&path).unwrap(),
-        LlamaConfig::tiny(),
-        &Default::default(),
-        DType::F32,
-    )
-    .unwrap();
+    let options = LoadOptions::new(DType::F32);
+    let model =
+        LlamaTextEncoder::<B>::from_folder(dir.path(), &Default::default(), &options).unwrap();
     let (ids, expected) = io("hidden_states_m3");
     let err = relative_l2(model.hidden_states(&ids).unwrap(), expected);
     assert!(err <= 1e-5, "relative L2 {err}");
@@ -124,14 +145,8 @@ fn a_model_prefixed_checkpoint_loads_the_same() {
 
 #[test]
 fn layerwise_loading_gives_the_resident_output() {
-    let dev = Default::default();
-    let model = LlamaTextEncoder::<B>::from_checkpoint_layerwise(
-        weights(),
-        LlamaConfig::tiny(),
-        &dev,
-        DType::F32,
-    )
-    .unwrap();
+    let (model, _dir) = from_folder(&LoadOptions::new(DType::F32).residency(Residency::Streamed));
+    let model = model.unwrap();
     assert_eq!(model.num_layers(), 2);
     let (ids, expected) = io("hidden_states_m3");
     let resident = load(DType::F32).hidden_states(&ids).unwrap();
@@ -154,24 +169,20 @@ fn layerwise_loading_checks_every_key_and_shape_up_front() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, views: &HashMap<String, TensorView>| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-        CheckpointFiles::open(&path).unwrap()
+        let folder = dir.path().join(name);
+        write_folder(&folder, &safetensors::serialize(views, None).unwrap());
+        folder
     };
     let all: HashMap<String, TensorView> = st.tensors().into_iter().collect();
-    let layerwise = |files| {
-        LlamaTextEncoder::<B>::from_checkpoint_layerwise(
-            files,
-            LlamaConfig::tiny(),
-            &Default::default(),
-            DType::F32,
-        )
+    let layerwise = |folder: std::path::PathBuf| {
+        let options = LoadOptions::new(DType::F32).residency(Residency::Streamed);
+        LlamaTextEncoder::<B>::from_folder(folder, &Default::default(), &options)
     };
 
     // A layer's weight missing: found before any layer is read.
     let mut missing = all.clone();
     missing.remove("layers.1.mlp.down_proj.weight");
-    match layerwise(write("missing.safetensors", &missing)) {
+    match layerwise(write("missing", &missing)) {
         Err(ModelError::Weights(WeightError::MissingKey { key, .. })) => {
             assert_eq!(key, "layers.1.mlp.down_proj.weight")
         }
@@ -184,7 +195,7 @@ fn layerwise_loading_checks_every_key_and_shape_up_front() {
         "layers.0.extra.weight".into(),
         st.tensor("norm.weight").unwrap(),
     );
-    match layerwise(write("stray.safetensors", &stray)) {
+    match layerwise(write("stray", &stray)) {
         Err(ModelError::Weights(WeightError::UnexpectedKeys { sample, .. })) => {
             assert_eq!(sample, vec!["layers.0.extra.weight".to_string()])
         }
@@ -197,7 +208,7 @@ fn layerwise_loading_checks_every_key_and_shape_up_front() {
         "layers.0.input_layernorm.weight".into(),
         st.tensor("layers.0.self_attn.q_proj.weight").unwrap(),
     );
-    match layerwise(write("shape.safetensors", &wrong)) {
+    match layerwise(write("shape", &wrong)) {
         Err(ModelError::Weights(WeightError::ShapeMismatch { key, expected, .. })) => {
             assert_eq!(key, "layers.0.input_layernorm.weight");
             assert_eq!(expected, vec![64]);

@@ -8,6 +8,7 @@ use burn::tensor::DType;
 use framepack_models::text::{ClipTextConfig, ClipTextEncoder, LlamaConfig, LlamaTextEncoder};
 use framepack_models::weights::ManifestRecorder;
 use framepack_models::CpuBackend as B;
+use framepack_models::LoadOptions;
 
 type Manifest = BTreeMap<String, Vec<usize>>;
 
@@ -39,7 +40,9 @@ fn full_size_llama_reads_only_the_30_layers_it_needs() {
 
     let mut recorder = ManifestRecorder::<B>::new(&Default::default());
     let config = LlamaConfig::llava_llama3_8b();
-    let model = LlamaTextEncoder::load(&mut recorder, config.clone(), DType::F16).unwrap();
+    let model =
+        LlamaTextEncoder::load(&mut recorder, config.clone(), &LoadOptions::new(DType::F16))
+            .unwrap();
     assert_eq!(model.num_layers(), 30);
     drop(model);
     let ours = recorded(recorder);
@@ -77,9 +80,8 @@ fn full_size_clip_expects_exactly_the_published_keys_and_shapes() {
     let mut recorder = ManifestRecorder::<B>::new(&Default::default());
     let model = ClipTextEncoder::load(
         &mut recorder,
-        "text_model",
         ClipTextConfig::clip_vit_large_patch14(),
-        DType::F16,
+        &LoadOptions::new(DType::F16),
     )
     .unwrap();
     drop(model);

@@ -13,6 +13,7 @@ use framepack_models::text::{
     PromptEncoder, PromptOverflow, TextEncoderFolders, TextEncoders,
 };
 use framepack_models::weights::RandomSource;
+use framepack_models::LoadOptions;
 use framepack_models::{CpuBackend as B, ModelError};
 use text_common::{clip_tokenizer_folder, llama_tokenizer_json, reference};
 
@@ -270,8 +271,9 @@ fn random_encoders(overflow: PromptOverflow) -> TextEncoders<B> {
         ..ClipTextConfig::clip_vit_large_patch14()
     };
     let mut src = RandomSource::<B>::new(&dev, 7, 0.5);
-    let llama = LlamaTextEncoder::load(&mut src, llama_config, DType::F32).unwrap();
-    let clip = ClipTextEncoder::load(&mut src, "text_model", clip_config, DType::F32).unwrap();
+    let llama =
+        LlamaTextEncoder::load(&mut src, llama_config, &LoadOptions::new(DType::F32)).unwrap();
+    let clip = ClipTextEncoder::load(&mut src, clip_config, &LoadOptions::new(DType::F32)).unwrap();
     TextEncoders::new(
         llama,
         LlamaTokenizer::from_file(llama_tokenizer_json()).unwrap(),

@@ -6,7 +6,8 @@
 
 use burn::tensor::{DType, Tensor};
 use framepack_models::transformer::{
-    BlockResidency, ContextGroup, FramePackTransformer, TransformerConfig, TransformerInputs,
+    BlockResidency, ContextGroup, FramePackTransformer, LoadOptions, TransformerConfig,
+    TransformerInputs,
 };
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource};
 use framepack_models::CpuBackend as B;
@@ -87,7 +88,10 @@ fn load(dtype: DType) -> FramePackTransformer<B> {
         &Default::default(),
     )
     .unwrap();
-    let model = FramePackTransformer::load(&mut src, TransformerConfig::tiny(), dtype).unwrap();
+    let options = LoadOptions::new(dtype);
+    let model = FramePackTransformer::load(&mut src, TransformerConfig::tiny(), &options)
+        .unwrap()
+        .0;
     // Every stored tensor is used: no key is silently dropped by a mis-mapping.
     src.finish(|_| false).unwrap();
     model
@@ -159,8 +163,9 @@ fn checkpoint_folder_with_config_json_loads_and_matches() {
         "num_refiner_layers": 1, "text_embed_dim": 32, "pooled_projection_dim": 24,
         "rope_axes_dim": [4, 6, 6], "image_proj_dim": 20, "has_image_proj": true, "has_clean_x_embedder": true}"#;
     std::fs::write(dir.path().join("config.json"), config).unwrap();
-    let model = FramePackTransformer::<B>::from_folder(dir.path(), &Default::default(), DType::F32)
-        .unwrap();
+    let options = LoadOptions::new(DType::F32);
+    let (model, _) =
+        FramePackTransformer::<B>::from_folder(dir.path(), &Default::default(), &options).unwrap();
     assert_eq!(model.config(), &TransformerConfig::tiny());
     let io = io();
     let out = model.forward(&inputs(&io, 1)).unwrap();
@@ -171,7 +176,7 @@ fn checkpoint_folder_with_config_json_loads_and_matches() {
 
     // The published config (24 heads x 128) does not fit these weights: a shape error naming the key.
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-    let err = FramePackTransformer::<B>::from_folder(dir.path(), &Default::default(), DType::F32)
+    let err = FramePackTransformer::<B>::from_folder(dir.path(), &Default::default(), &options)
         .err()
         .unwrap()
         .to_string();
@@ -232,13 +237,11 @@ fn fp8_block_weights_stay_close_to_the_reference() {
             &Default::default(),
         )
         .unwrap();
-        FramePackTransformer::load_with(
-            &mut src,
-            TransformerConfig::tiny(),
-            DType::F32,
-            residency,
-            WeightFormat::Fp8,
-        )
+        let options = LoadOptions::new(DType::F32)
+            .residency(residency)
+            .block_weights(WeightFormat::Fp8);
+        FramePackTransformer::load(&mut src, TransformerConfig::tiny(), &options)
+            .map(|(model, _, _)| model)
     };
     let model = load_fp8(BlockResidency::Resident).unwrap();
     let out = model.forward(&inputs(&io, 1)).unwrap();
@@ -270,13 +273,9 @@ fn load_streamed_f32() -> FramePackTransformer<B> {
         &Default::default(),
     )
     .unwrap();
-    let model = FramePackTransformer::load_with_residency(
-        &mut src,
-        TransformerConfig::tiny(),
-        DType::F32,
-        BlockResidency::Streamed,
-    )
-    .unwrap();
+    let options = LoadOptions::new(DType::F32).residency(BlockResidency::Streamed);
+    let (model, _, _) =
+        FramePackTransformer::load(&mut src, TransformerConfig::tiny(), &options).unwrap();
     src.finish(|_| false).unwrap();
     model
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use burn::tensor::DType;
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig};
 use framepack_models::weights::{ManifestRecorder, SafetensorsSource, WeightError};
+use framepack_models::LoadOptions;
 use framepack_models::{CpuBackend as B, ModelError};
 use vae_common::FIXTURES;
 
@@ -19,7 +20,12 @@ fn full_size_vae_expects_exactly_the_published_keys_and_shapes() {
     assert_eq!(reference.len(), 248);
 
     let mut recorder = ManifestRecorder::<B>::new(&Default::default());
-    let vae = HunyuanVideoVae::load(&mut recorder, VaeConfig::hunyuan_video(), DType::F16).unwrap();
+    let vae = HunyuanVideoVae::load(
+        &mut recorder,
+        VaeConfig::hunyuan_video(),
+        &LoadOptions::new(DType::F16),
+    )
+    .unwrap();
     drop(vae);
     let ours: BTreeMap<String, Vec<usize>> = recorder
         .into_entries()
@@ -61,9 +67,8 @@ fn a_shape_mismatch_names_the_key() {
         latent_channels: 8,
         ..VaeConfig::tiny()
     };
-    let err = HunyuanVideoVae::load(&mut src, config, DType::F32)
-        .err()
-        .expect("a config with 8 latent channels cannot load 16-channel weights");
+    let err = HunyuanVideoVae::load(&mut src, config, &LoadOptions::new(DType::F32))
+        .expect_err("a config with 8 latent channels cannot load 16-channel weights");
     match &err {
         ModelError::Weights(WeightError::ShapeMismatch {
             key,
@@ -95,7 +100,7 @@ fn unused_checkpoint_tensors_are_reported() {
         mid_block_add_attention: false,
         ..VaeConfig::tiny()
     };
-    HunyuanVideoVae::load(&mut src, config, DType::F32).unwrap();
+    HunyuanVideoVae::load(&mut src, config, &LoadOptions::new(DType::F32)).unwrap();
     match src.finish(|_| false) {
         Err(WeightError::UnexpectedKeys { count, sample, .. }) => {
             assert_eq!(count, 20);
@@ -144,16 +149,18 @@ fn bad_configs_are_rejected_with_a_reason() {
         ),
     ];
     for (config, word) in cases {
-        let err = HunyuanVideoVae::load(&mut recorder, config, DType::F32)
-            .err()
-            .expect("invalid config accepted")
+        let err = HunyuanVideoVae::load(&mut recorder, config, &LoadOptions::new(DType::F32))
+            .expect_err("invalid config accepted")
             .to_string();
         assert!(err.contains("`config`") && err.contains(word), "{err}");
     }
-    let err = HunyuanVideoVae::load(&mut recorder, VaeConfig::tiny(), DType::I32)
-        .err()
-        .expect("integer dtype accepted")
-        .to_string();
+    let err = HunyuanVideoVae::load(
+        &mut recorder,
+        VaeConfig::tiny(),
+        &LoadOptions::new(DType::I32),
+    )
+    .expect_err("integer dtype accepted")
+    .to_string();
     assert!(err.contains("`dtype`"), "{err}");
 }
 

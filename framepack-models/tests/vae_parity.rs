@@ -279,12 +279,10 @@ fn from_folder_reads_the_published_layout() {
     )
     .unwrap();
     let device = Default::default();
-    let folder = HunyuanVideoVae::<framepack_models::CpuBackend>::from_folder(
-        dir.path(),
-        &device,
-        DType::F32,
-    )
-    .unwrap();
+    let options = framepack_models::LoadOptions::new(DType::F32);
+    let folder =
+        HunyuanVideoVae::<framepack_models::CpuBackend>::from_folder(dir.path(), &device, &options)
+            .unwrap();
     let io = io();
     let z = t5(&io, "dec_z");
     let a = folder.decode(z.clone()).unwrap();

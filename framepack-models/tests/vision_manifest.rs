@@ -9,6 +9,7 @@ use burn::tensor::DType;
 use framepack_models::vision::{SiglipVisionConfig, SiglipVisionEncoder};
 use framepack_models::weights::ManifestRecorder;
 use framepack_models::CpuBackend as B;
+use framepack_models::LoadOptions;
 
 #[test]
 fn full_size_siglip_expects_the_published_keys_except_the_head() {
@@ -23,9 +24,8 @@ fn full_size_siglip_expects_the_published_keys_except_the_head() {
     let mut recorder = ManifestRecorder::<B>::new(&Default::default());
     let model = SiglipVisionEncoder::load(
         &mut recorder,
-        "vision_model",
         SiglipVisionConfig::so400m_patch14_384(),
-        DType::F16,
+        &LoadOptions::new(DType::F16),
     )
     .unwrap();
     drop(model);

@@ -8,7 +8,7 @@ mod vision_common;
 use burn::tensor::{DType, Tensor, TensorData};
 use framepack_models::vision::{SiglipImageProcessor, SiglipVisionConfig, SiglipVisionEncoder};
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource, WeightError};
-use framepack_models::{CpuBackend as B, ModelError};
+use framepack_models::{CpuBackend as B, LoadOptions, ModelError};
 use vision_common::{procedural_image, resize_cases, FIXTURES};
 
 fn relative_l2(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f64 {
@@ -22,14 +22,23 @@ fn weights() -> CheckpointFiles {
     CheckpointFiles::open(format!("{FIXTURES}/vision_siglip_tiny.safetensors")).unwrap()
 }
 
+/// The fixture as a published folder (`config.json` of the tiny sizes), loaded: the pooling
+/// head it stores is skipped.
 fn load(dtype: DType) -> SiglipVisionEncoder<B> {
-    SiglipVisionEncoder::from_checkpoint(
-        weights(),
-        SiglipVisionConfig::tiny(),
-        &Default::default(),
-        dtype,
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        format!("{FIXTURES}/vision_siglip_tiny.safetensors"),
+        dir.path().join("model.safetensors"),
     )
-    .unwrap()
+    .unwrap();
+    let config = r#"{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2}"#;
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let options = LoadOptions::new(dtype);
+    let model =
+        SiglipVisionEncoder::from_folder(dir.path(), &Default::default(), &options).unwrap();
+    assert_eq!(model.config(), &SiglipVisionConfig::tiny());
+    model
 }
 
 fn expected(key: &str) -> Tensor<B, 3> {
@@ -104,13 +113,8 @@ fn fp16_matches_reference() {
 #[test]
 fn the_pooling_head_is_not_loaded() {
     let mut src = SafetensorsSource::<B>::new(weights(), &Default::default());
-    SiglipVisionEncoder::load(
-        &mut src,
-        "vision_model",
-        SiglipVisionConfig::tiny(),
-        DType::F32,
-    )
-    .unwrap();
+    let options = LoadOptions::new(DType::F32);
+    SiglipVisionEncoder::load(&mut src, SiglipVisionConfig::tiny(), &options).unwrap();
     match src.finish(|_| false) {
         Err(WeightError::UnexpectedKeys { count, sample, .. }) => {
             assert_eq!(count, 11, "{sample:?}");

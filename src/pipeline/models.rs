@@ -438,7 +438,7 @@ fn source_transformer<B: FramePackBackend>(
             let component = family.component();
             let found = locations.locate(component)?;
             let (model, _report) =
-                FramePackTransformer::from_folder_options(&found.path, device, &options)?;
+                FramePackTransformer::from_folder(&found.path, device, &options)?;
             (Box::new(model), Some((component, found.revision)))
         }
     };
@@ -518,15 +518,15 @@ fn pretrained_encoders<B: FramePackBackend>(
     let text_device = device.clone();
     let revision = text_revision.clone();
     let load_text: Loader<Box<dyn PromptEncoder<B> + Send>> = Box::new(move || {
-        let load = if low_vram {
-            TextEncoders::load_layerwise
+        let residency = if low_vram {
+            BlockResidency::Streamed
         } else {
-            TextEncoders::load
+            BlockResidency::Resident
         };
-        let encoders = load(
+        let encoders = TextEncoders::load(
             &folders,
             &text_device,
-            dtypes.text,
+            &LoadOptions::new(dtypes.text).residency(residency),
             PromptOverflow::Truncate,
             revision.clone(),
         )?;
@@ -542,10 +542,14 @@ fn pretrained_encoders<B: FramePackBackend>(
     };
     let image_device = device.clone();
     let load_siglip: Loader<SiglipVisionEncoder<B>> = Box::new(move || {
-        SiglipVisionEncoder::from_folder(&siglip_path, &image_device, dtypes.image)
+        SiglipVisionEncoder::from_folder(
+            &siglip_path,
+            &image_device,
+            &LoadOptions::new(dtypes.image),
+        )
     });
     Ok(Box::new(Encoders {
-        vae: HunyuanVideoVae::from_folder(&vae_path, device, dtypes.vae)?,
+        vae: HunyuanVideoVae::from_folder(&vae_path, device, &LoadOptions::new(dtypes.vae))?,
         text: CachedPromptEncoder::new(text, cache),
         siglip: on_demand(low_vram, load_siglip)?,
         processor,

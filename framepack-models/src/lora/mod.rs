@@ -12,7 +12,8 @@
 //!   [`names`] for the full mapping. Tensors stay in the memory-mapped file.
 //! - [`LoraSet`] holds several LoRAs, one multiplier each.
 //! - Merge: [`LoraSource`] wraps the checkpoint's [`crate::weights::TensorSource`] and merges as
-//!   each weight loads ([`crate::transformer::FramePackTransformer::from_folder_with_lora`]).
+//!   each weight loads (`loras` of [`crate::load::LoadOptions`], given to
+//!   [`crate::transformer::FramePackTransformer::from_folder`] or `load`).
 //! - Adapters: [`crate::transformer::FramePackTransformer::set_lora_adapters`] keeps the
 //!   factors beside the base weights, to switch LoRAs between jobs without reloading.
 //!

@@ -1,14 +1,11 @@
 //! Merging LoRAs into the weights while they load.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use burn::tensor::{DType, Tensor};
 
 use super::{LoraReport, LoraSet};
-use crate::error::ModelError;
 use crate::ops::FramePackBackend;
-use crate::transformer::{FramePackTransformer, LoadOptions};
 use crate::weights::{TensorSource, WeightError};
 
 /// A [`TensorSource`] that merges a [`LoraSet`] into the weights of another source as the model
@@ -87,21 +84,5 @@ impl<B: FramePackBackend, S: TensorSource<B>> TensorSource<B> for LoraSource<'_,
 
     fn device(&self) -> &B::Device {
         self.inner.device()
-    }
-}
-
-impl<B: FramePackBackend> FramePackTransformer<B> {
-    /// [`FramePackTransformer::from_folder`] with `loras` merged into the weights as they load.
-    ///
-    /// Returns the model and the report of merged and unmatched LoRA modules (the unmatched
-    /// ones are also printed as a warning).
-    pub fn from_folder_with_lora(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-        loras: &LoraSet,
-    ) -> Result<(Self, LoraReport), ModelError> {
-        let options = LoadOptions::new(dtype).loras(loras.clone());
-        Self::from_folder_options(path, device, &options)
     }
 }

@@ -11,9 +11,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::error::ModelError;
+use crate::load::{load_folder, read_config, KeyRoot, LoadOptions};
 use crate::nn::{EncoderActivation, EncoderAttention, EncoderLayer, EncoderLayerConfig, LayerNorm};
 use crate::ops::FramePackBackend;
-use crate::weights::{join, CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
+use crate::weights::{TensorSource, WeightError};
 
 /// Hyper-parameters of `CLIPTextModel`, as in the checkpoint's `config.json`.
 ///
@@ -81,20 +82,9 @@ impl ClipTextConfig {
     /// Reads and validates a `config.json` (a `CLIPTextConfig`, or a full `CLIPConfig` whose
     /// `text_config` is used).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WeightError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| WeightError::io(path, e))?;
-        let bad = |reason: String| WeightError::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        if let Some(inner) = json.get_mut("text_config") {
-            json = inner.take();
-        }
-        let config: Self = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-        config.validate().map_err(bad)?;
-        Ok(config)
+        read_config(path.as_ref(), Some("text_config"), |config: &mut Self| {
+            config.validate()
+        })
     }
 
     /// Checks the invariants the implementation relies on.
@@ -162,86 +152,79 @@ pub struct ClipTextEncoder<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> ClipTextEncoder<B> {
-    /// Builds the tower from `src`, with keys `{root}.embeddings.…`, `{root}.encoder.layers.…`,
-    /// `{root}.final_layer_norm.…`; the published checkpoint uses `root = "text_model"`.
+    /// The root of the tower's keys in the published checkpoint (`text_model.embeddings.…`) and
+    /// a key under it that every checkpoint stores: `Rerooted::detect(src, files, KEY_ROOT)`
+    /// reads the published keys from a checkpoint saved without the root (transformers ≥ 5).
+    pub const KEY_ROOT: KeyRoot = ("text_model.", "embeddings.token_embedding.weight");
+
+    /// Builds the tower from `src`, with the published keys `text_model.embeddings.…`,
+    /// `text_model.encoder.layers.…`, `text_model.final_layer_norm.…` (see
+    /// [`ClipTextEncoder::KEY_ROOT`] for checkpoints without the root), computing in
+    /// `options.dtype`. CLIP is always resident, dense and without LoRA: other options are an
+    /// error.
     pub fn load<S: TensorSource<B>>(
-        src: &mut S,
-        root: &str,
+        mut src: S,
         config: ClipTextConfig,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        options.check("CLIP text encoder", false)?;
+        let dtype = options.dtype;
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
-        let p = |name: &str| join(root, name);
+        let p = |name: &str| format!("{}{name}", Self::KEY_ROOT.0);
         let d = config.hidden_size;
-        let load = |src: &mut S| -> Result<Self, WeightError> {
-            Ok(Self {
-                token_embedding: src.tensor(
-                    &p("embeddings.token_embedding.weight"),
-                    [config.vocab_size, d],
-                    dtype,
-                )?,
-                position_embedding: src.tensor(
-                    &p("embeddings.position_embedding.weight"),
-                    [config.max_position_embeddings, d],
-                    dtype,
-                )?,
-                layers: (0..config.num_hidden_layers)
-                    .map(|i| {
-                        EncoderLayer::load(
-                            src,
-                            &p(&format!("encoder.layers.{i}")),
-                            config.encoder_layer(),
-                            dtype,
-                        )
-                    })
-                    .collect::<Result<_, _>>()?,
-                final_layer_norm: LayerNorm::load(
-                    src,
-                    &p("final_layer_norm"),
-                    d,
-                    config.layer_norm_eps,
-                    dtype,
-                )?,
-                config: config.clone(),
+        let src = &mut src;
+        Ok(Self {
+            token_embedding: src.tensor(
+                &p("embeddings.token_embedding.weight"),
+                [config.vocab_size, d],
                 dtype,
-            })
-        };
-        Ok(load(src)?)
+            )?,
+            position_embedding: src.tensor(
+                &p("embeddings.position_embedding.weight"),
+                [config.max_position_embeddings, d],
+                dtype,
+            )?,
+            layers: (0..config.num_hidden_layers)
+                .map(|i| {
+                    EncoderLayer::load(
+                        src,
+                        &p(&format!("encoder.layers.{i}")),
+                        config.encoder_layer(),
+                        dtype,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+            final_layer_norm: LayerNorm::load(
+                src,
+                &p("final_layer_norm"),
+                d,
+                config.layer_norm_eps,
+                dtype,
+            )?,
+            config: config.clone(),
+            dtype,
+        })
     }
 
-    /// Loads the published folder (`config.json` + `model.safetensors`). Keys are expected
+    /// [`ClipTextEncoder::load`] from the published folder (`config.json` +
+    /// `model.safetensors`), checking that every stored tensor was used. Keys are expected
     /// under `text_model.` (transformers 4.x exports); files without that prefix (saved by
     /// transformers ≥ 5) are accepted too.
     pub fn from_folder(
         folder: impl AsRef<Path>,
         device: &B::Device,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let folder = folder.as_ref();
-        let config = ClipTextConfig::from_file(folder.join("config.json"))?;
-        Self::from_checkpoint(CheckpointFiles::open(folder)?, config, device, dtype)
-    }
-
-    /// Loads from opened checkpoint files with a given config (see [`Self::from_folder`]).
-    pub fn from_checkpoint(
-        files: CheckpointFiles,
-        config: ClipTextConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        let root = if files.contains("text_model.embeddings.token_embedding.weight")
-            || !files.contains("embeddings.token_embedding.weight")
-        {
-            "text_model"
-        } else {
-            ""
-        };
-        let mut src = SafetensorsSource::new(files, device);
-        let model = Self::load(&mut src, root, config, dtype)?;
-        src.finish(ClipTextConfig::is_unused_key)?;
-        Ok(model)
+        load_folder(
+            folder.as_ref(),
+            device,
+            |dir| ClipTextConfig::from_file(dir.join("config.json")),
+            Some(Self::KEY_ROOT),
+            |src, config| Self::load(src, config, options),
+            ClipTextConfig::is_unused_key,
+        )
     }
 
     /// The configuration.

@@ -12,16 +12,17 @@
 //! 32 query heads over 8 key/value heads; RoPE is the half-split (`rotate_half`) kind.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::error::ModelError;
+use crate::load::{read_config, LoadOptions, Residency};
 use crate::nn::{Linear, RmsNorm};
 use crate::ops::FramePackBackend;
 use crate::weights::{
-    join, CheckpointFiles, ManifestRecorder, SafetensorsSource, TensorSource, WeightError,
+    join, CheckpointFiles, ManifestRecorder, SafetensorsSource, SharedSource, TensorSource,
+    WeightError,
 };
 
 /// How far from the end of `hidden_states` FramePack reads (`hidden_states[-3]`).
@@ -111,23 +112,18 @@ impl LlamaConfig {
 
     /// Reads and validates a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WeightError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| WeightError::io(path, e))?;
-        let bad = |reason: String| WeightError::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        if let Some(theta) = config
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(|t| t.as_f64())
-        {
-            config.rope_theta = theta;
-        }
-        config.validate().map_err(bad)?;
-        Ok(config)
+        read_config(path.as_ref(), None, |config: &mut Self| {
+            // transformers ≥ 5 spell it `rope_parameters: {rope_theta, …}`.
+            if let Some(theta) = config
+                .rope_parameters
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(|t| t.as_f64())
+            {
+                config.rope_theta = theta;
+            }
+            config.validate()
+        })
     }
 
     /// Checks the invariants the implementation relies on.
@@ -342,17 +338,12 @@ pub struct LlamaTextEncoder<B: FramePackBackend> {
     layers: Layers<B>,
 }
 
-/// Loads decoder layer `i` onto the device.
-type LayerLoader<B> = Arc<dyn Fn(usize) -> Result<LlamaDecoderLayer<B>, ModelError> + Send + Sync>;
+/// The network's name in errors.
+const NAME: &str = "LLaMA text encoder";
 
-/// `model.` for checkpoints saved from `LlamaForCausalLM` (keys like
-/// `model.embed_tokens.weight`), else nothing.
-fn key_prefix(files: &CheckpointFiles) -> &'static str {
-    if !files.contains("embed_tokens.weight") && files.contains("model.embed_tokens.weight") {
-        "model."
-    } else {
-        ""
-    }
+/// The key of decoder layer `i`.
+fn layer_key(i: usize) -> String {
+    format!("layers.{i}")
 }
 
 /// Where the decoder layers' weights live.
@@ -360,57 +351,42 @@ fn key_prefix(files: &CheckpointFiles) -> &'static str {
 enum Layers<B: FramePackBackend> {
     /// All on the device (14 GB in fp16 for the published model).
     Resident(Vec<LlamaDecoderLayer<B>>),
-    /// Read from the checkpoint one at a time during each call, each dropped once it has run:
-    /// one layer (436 MB in fp16) on the device at a time.
-    Layerwise { count: usize, load: LayerLoader<B> },
+    /// Read from their source one at a time during each call, each dropped once it has run:
+    /// one layer (436 MB in fp16) on the device at a time ([`Residency::Streamed`]).
+    Streamed {
+        count: usize,
+        source: SharedSource<B>,
+    },
 }
 
 impl<B: FramePackBackend> std::fmt::Debug for Layers<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Resident(layers) => write!(f, "Resident({} layers)", layers.len()),
-            Self::Layerwise { count, .. } => write!(f, "Layerwise({count} layers)"),
+            Self::Streamed { count, source } => write!(f, "Streamed({count} layers, {source:?})"),
         }
     }
 }
 
 impl<B: FramePackBackend> LlamaTextEncoder<B> {
     /// Builds the encoder from `src` (keys as in the checkpoint: `embed_tokens.weight`,
-    /// `layers.{i}.…`), computing in `dtype` (FramePack: fp16). Only the embedding and layers
-    /// `0..config.layers_needed()` are requested.
+    /// `layers.{i}.…`), computing in `options.dtype` (FramePack: fp16). Only the embedding and
+    /// layers `0..config.layers_needed()` are requested.
+    ///
+    /// With `residency: Streamed` (the low-VRAM mode) only the token embedding goes to the
+    /// device now; each decoder layer is read from `src` again when a call reaches it and
+    /// dropped after, so the 14 GB of layers never sit on the device together. `src` must
+    /// then be one that can be read again ([`TensorSource::shared`]: a checkpoint, whose
+    /// mapped files make the re-read cheap, or random weights); its layers are not checked
+    /// now (see [`LlamaTextEncoder::from_folder`], which checks them from the headers). LLaMA
+    /// takes dense weights and no LoRA: other options are an error.
     pub fn load<S: TensorSource<B>>(
-        src: &mut S,
-        config: LlamaConfig,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        config
-            .validate()
-            .map_err(|reason| ModelError::input("config", reason))?;
-        let embed_tokens = src.tensor(
-            "embed_tokens.weight",
-            [config.vocab_size, config.hidden_size],
-            dtype,
-        )?;
-        let layers = (0..config.layers_needed())
-            .map(|i| LlamaDecoderLayer::load(src, &format!("layers.{i}"), &config, dtype))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            config,
-            dtype,
-            embed_tokens,
-            layers: Layers::Resident(layers),
-        })
-    }
-
-    /// Builds an encoder that keeps only the token embedding on the device and reads each
-    /// decoder layer from `src` when a call reaches it, dropping it after (the low-VRAM
-    /// mode: the 14 GB of layers never sit on the device together). Every call reads all
-    /// layers again, so `src` should be cheap to read from (a mapped checkpoint).
-    pub fn load_layerwise<S: TensorSource<B> + Send + 'static>(
         mut src: S,
         config: LlamaConfig,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        options.check(NAME, true)?;
+        let dtype = options.dtype;
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
@@ -419,72 +395,62 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
             [config.vocab_size, config.hidden_size],
             dtype,
         )?;
-        let src = Mutex::new(src);
-        let layer_config = config.clone();
-        let load: LayerLoader<B> = Arc::new(move |i| {
-            let mut src = src
-                .lock()
-                .map_err(|_| ModelError::input("layers", "a layer load panicked earlier"))?;
-            LlamaDecoderLayer::load(&mut *src, &format!("layers.{i}"), &layer_config, dtype)
-                .map_err(ModelError::from)
-        });
-        Ok(Self {
-            layers: Layers::Layerwise {
-                count: config.layers_needed(),
-                load,
+        let count = config.layers_needed();
+        let layers = match options.residency {
+            Residency::Resident => Layers::Resident(
+                (0..count)
+                    .map(|i| LlamaDecoderLayer::load(&mut src, &layer_key(i), &config, dtype))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Residency::Streamed => Layers::Streamed {
+                count,
+                source: src.shared().ok_or_else(|| ModelError::UnsupportedOption {
+                    network: NAME,
+                    option: "`residency: Streamed` from a source that cannot be read again \
+                             (stream from a checkpoint or random weights)"
+                        .into(),
+                })?,
             },
+        };
+        Ok(Self {
             config,
             dtype,
             embed_tokens,
+            layers,
         })
     }
 
-    /// Loads the published checkpoint folder (`config.json` + safetensors shards), accepting
-    /// keys with or without a `model.` prefix, and fails on any stored tensor that is neither
-    /// used nor known to be unused ([`LlamaConfig::is_unused_key`]).
+    /// [`LlamaTextEncoder::load`] from the published checkpoint folder (`config.json` +
+    /// safetensors shards), accepting keys with or without a `model.` prefix, and failing on
+    /// any stored tensor that is neither used nor known to be unused
+    /// ([`LlamaConfig::is_unused_key`]). Streamed, every key and shape is checked now from
+    /// the files' headers, so a bad checkpoint fails here and not in the middle of a job.
     pub fn from_folder(
         folder: impl AsRef<Path>,
         device: &B::Device,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
         let folder = folder.as_ref();
         let config = LlamaConfig::from_file(folder.join("config.json"))?;
-        Self::from_checkpoint(CheckpointFiles::open(folder)?, config, device, dtype)
-    }
-
-    /// Loads from opened checkpoint files with a given config (see [`Self::from_folder`]).
-    pub fn from_checkpoint(
-        files: CheckpointFiles,
-        config: LlamaConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        let prefix = key_prefix(&files);
+        let files = CheckpointFiles::open(folder)?;
+        let prefix = files.prefix_of("embed_tokens.weight", "", "model.");
+        let unused = |key: &str| config.is_unused_key(key);
+        let streamed = options.residency == Residency::Streamed;
+        if streamed {
+            let mut recorder = ManifestRecorder::<B>::new(device);
+            Self::load(
+                &mut recorder,
+                config.clone(),
+                &LoadOptions::new(options.dtype),
+            )?;
+            files.check(&recorder.into_entries(), prefix, unused)?;
+        }
         let mut src = SafetensorsSource::new(files, device).with_prefix(prefix);
-        let model = Self::load(&mut src, config, dtype)?;
-        let unused = model.config.clone();
-        src.finish(|key| unused.is_unused_key(key))?;
+        let model = Self::load(&mut src, config.clone(), options)?;
+        if !streamed {
+            src.finish(unused)?;
+        }
         Ok(model)
-    }
-
-    /// [`LlamaTextEncoder::from_checkpoint`] with the layers read one at a time during each
-    /// call ([`LlamaTextEncoder::load_layerwise`]). Every key and shape is checked now, from
-    /// the files' headers, so a bad checkpoint fails here and not in the middle of a job.
-    pub fn from_checkpoint_layerwise(
-        files: CheckpointFiles,
-        config: LlamaConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        let prefix = key_prefix(&files);
-        let mut recorder = ManifestRecorder::<B>::new(device);
-        Self::load(&mut recorder, config.clone(), dtype)?;
-        let unused = config.clone();
-        files.check(&recorder.into_entries(), prefix, |key| {
-            unused.is_unused_key(key)
-        })?;
-        let src = SafetensorsSource::new(files, device).with_prefix(prefix);
-        Self::load_layerwise(src, config, dtype)
     }
 
     /// The configuration.
@@ -501,7 +467,7 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
     pub fn num_layers(&self) -> usize {
         match &self.layers {
             Layers::Resident(layers) => layers.len(),
-            Layers::Layerwise { count, .. } => *count,
+            Layers::Streamed { count, .. } => *count,
         }
     }
 
@@ -563,9 +529,13 @@ impl<B: FramePackBackend> LlamaTextEncoder<B> {
                     x = layer.forward(x, &cos, &sin);
                 }
             }
-            Layers::Layerwise { count, load } => {
+            Layers::Streamed { count, source } => {
+                let mut source = source.clone();
                 for i in 0..*count {
-                    x = load(i)?.forward(x, &cos, &sin);
+                    let key = layer_key(i);
+                    let layer =
+                        LlamaDecoderLayer::load(&mut source, &key, &self.config, self.dtype)?;
+                    x = layer.forward(x, &cos, &sin);
                 }
             }
         }

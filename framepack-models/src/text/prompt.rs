@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 use super::clip::ClipTextEncoder;
-use super::llama::{LlamaConfig, LlamaTextEncoder};
+use super::llama::LlamaTextEncoder;
 use super::tokenizer::{ClipTokenizer, LlamaTokenizer, PromptOverflow, CROP_START};
 use crate::error::ModelError;
+use crate::load::{LoadOptions, Residency};
 use crate::ops::FramePackBackend;
-use crate::weights::CheckpointFiles;
 
 /// The text conditioning of one prompt.
 #[derive(Debug, Clone)]
@@ -169,66 +169,24 @@ impl<B: FramePackBackend> TextEncoders<B> {
         }
     }
 
-    /// Loads both encoders (LLaMA layers 0..=29 only) and both tokenizers, computing in
-    /// `dtype` (FramePack: fp16).
+    /// Loads both tokenizers (first, so that a missing one fails fast) and both encoders
+    /// from their published folders (LLaMA layers 0..=29 only), computing in `options.dtype`
+    /// (FramePack: fp16). `options.residency` is LLaMA's: streamed, its layers are read one
+    /// at a time during each encode ([`LlamaTextEncoder::load`]), about 1.5 GB of the device
+    /// instead of 15 GB for a re-read of the mapped layers per prompt; CLIP, small, is always
+    /// resident.
     pub fn load(
         folders: &TextEncoderFolders,
         device: &B::Device,
-        dtype: DType,
+        options: &LoadOptions,
         overflow: PromptOverflow,
         revision: impl Into<String>,
     ) -> Result<Self, ModelError> {
-        let tokenizers = Self::tokenizers(folders)?;
-        let llama = LlamaTextEncoder::from_folder(&folders.text_encoder, device, dtype)?;
-        Self::load_with(
-            tokenizers, llama, folders, device, dtype, overflow, revision,
-        )
-    }
-
-    /// [`TextEncoders::load`] with LLaMA's layers read one at a time during each encode
-    /// ([`LlamaTextEncoder::from_checkpoint_layerwise`]): about 1.5 GB of the device instead
-    /// of 15 GB, for a re-read of the mapped layers per prompt.
-    pub fn load_layerwise(
-        folders: &TextEncoderFolders,
-        device: &B::Device,
-        dtype: DType,
-        overflow: PromptOverflow,
-        revision: impl Into<String>,
-    ) -> Result<Self, ModelError> {
-        let tokenizers = Self::tokenizers(folders)?;
-        let llama_folder = &folders.text_encoder;
-        let llama = LlamaTextEncoder::from_checkpoint_layerwise(
-            CheckpointFiles::open(llama_folder)?,
-            LlamaConfig::from_file(llama_folder.join("config.json"))?,
-            device,
-            dtype,
-        )?;
-        Self::load_with(
-            tokenizers, llama, folders, device, dtype, overflow, revision,
-        )
-    }
-
-    /// Both tokenizers, read before any weights so that a missing one fails fast.
-    fn tokenizers(
-        folders: &TextEncoderFolders,
-    ) -> Result<(LlamaTokenizer, ClipTokenizer), ModelError> {
-        Ok((
-            LlamaTokenizer::from_file(&folders.tokenizer)?,
-            ClipTokenizer::from_folder(&folders.tokenizer_2)?,
-        ))
-    }
-
-    /// CLIP from `folders`, around the tokenizers and an already loaded LLaMA.
-    fn load_with(
-        (llama_tokenizer, clip_tokenizer): (LlamaTokenizer, ClipTokenizer),
-        llama: LlamaTextEncoder<B>,
-        folders: &TextEncoderFolders,
-        device: &B::Device,
-        dtype: DType,
-        overflow: PromptOverflow,
-        revision: impl Into<String>,
-    ) -> Result<Self, ModelError> {
-        let clip = ClipTextEncoder::from_folder(&folders.text_encoder_2, device, dtype)?;
+        let llama_tokenizer = LlamaTokenizer::from_file(&folders.tokenizer)?;
+        let clip_tokenizer = ClipTokenizer::from_folder(&folders.tokenizer_2)?;
+        let llama = LlamaTextEncoder::from_folder(&folders.text_encoder, device, options)?;
+        let clip_options = options.clone().residency(Residency::Resident);
+        let clip = ClipTextEncoder::from_folder(&folders.text_encoder_2, device, &clip_options)?;
         Ok(Self::new(
             llama,
             llama_tokenizer,
@@ -327,7 +285,7 @@ impl<B: FramePackBackend> LazyTextEncoders<B> {
             None => TextEncoders::load(
                 &self.folders,
                 &self.device,
-                self.dtype,
+                &LoadOptions::new(self.dtype),
                 self.overflow,
                 String::new(),
             )?,

@@ -54,6 +54,45 @@ fn load_qkv<B: FramePackBackend, S: TensorSource<B>>(
     FusedLinear::load(src, &prefixes, [hidden, hidden], dtype, format)
 }
 
+/// What both kinds of block share for loading: the checkpoint stack they sit in (block `i`
+/// is `{STACK}.{i}`) and a loader of one signature, so that one generic function loads,
+/// stages and fetches either.
+pub(super) trait Block<B: FramePackBackend>: Sized {
+    /// `transformer_blocks` or `single_transformer_blocks`.
+    const STACK: &'static str;
+
+    /// The block's `load`: the tensors of `{prefix}`, linear weights in `format`.
+    fn load_block<S: TensorSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        dims: [usize; 3],
+        dtype: DType,
+        format: WeightFormat,
+    ) -> Result<Self, WeightError>;
+}
+
+/// `Block` for a block type whose inherent `load` has the trait's signature.
+macro_rules! block {
+    ($block:ident, $stack:literal) => {
+        impl<B: FramePackBackend> Block<B> for $block<B> {
+            const STACK: &'static str = $stack;
+
+            fn load_block<S: TensorSource<B>>(
+                src: &mut S,
+                prefix: &str,
+                dims: [usize; 3],
+                dtype: DType,
+                format: WeightFormat,
+            ) -> Result<Self, WeightError> {
+                Self::load(src, prefix, dims, dtype, format)
+            }
+        }
+    };
+}
+
+block!(DoubleStreamBlock, "transformer_blocks");
+block!(SingleStreamBlock, "single_transformer_blocks");
+
 /// Chunk `i` of `n` equal chunks of a modulation vector `[batch, n·dim]`, as `[batch, 1, dim]`.
 fn chunk<B: FramePackBackend>(m: &Tensor<B, 2>, i: usize, n: usize) -> Tensor<B, 3> {
     let d = m.dims()[1] / n;

@@ -1,109 +1,84 @@
-//! How a transformer is loaded: one value for every choice, instead of a constructor per
-//! combination.
+//! The transformer's two constructors ([`crate::load`]): from any source, and from the
+//! published checkpoint folder.
 
 use std::path::Path;
 
-use burn::tensor::DType;
-
-use super::model::{BlockResidency, FramePackTransformer};
+use super::model::FramePackTransformer;
 use super::TransformerConfig;
 use crate::error::ModelError;
-use crate::lora::{LoraReport, LoraSet, LoraSource};
-use crate::nn::WeightFormat;
+use crate::load::{load_folder, LoadOptions};
+use crate::lora::{LoraReport, LoraSource};
 use crate::ops::FramePackBackend;
-use crate::weights::{SafetensorsSource, TensorSource};
-
-/// Everything [`FramePackTransformer::load_options`] can be told.
-///
-/// ```
-/// use burn::tensor::DType;
-/// use framepack_models::lora::LoraSet;
-/// use framepack_models::nn::WeightFormat;
-/// use framepack_models::transformer::{BlockResidency, LoadOptions};
-/// let options = LoadOptions::new(DType::BF16)
-///     .residency(BlockResidency::Streamed)
-///     .block_weights(WeightFormat::Fp8)
-///     .loras(LoraSet::new());
-/// assert_eq!(options.dtype, DType::BF16);
-/// ```
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// The compute dtype (`proj_out` always computes in fp32, as the reference).
-    pub dtype: DType,
-    /// Where the 60 blocks live: on the device, or streamed from host memory.
-    pub residency: BlockResidency,
-    /// The format of the blocks' linear weights (dense, FP8, FP8 on tensor cores).
-    pub block_weights: WeightFormat,
-    /// LoRAs merged into the weights as they load (`W + m · up·down · alpha/rank`, then any
-    /// FP8 rounding, as FramePack-eichi orders them). Empty: none.
-    pub loras: LoraSet,
-}
-
-impl LoadOptions {
-    /// Resident dense blocks in `dtype`, no LoRA.
-    pub fn new(dtype: DType) -> Self {
-        Self {
-            dtype,
-            residency: BlockResidency::Resident,
-            block_weights: WeightFormat::Dense,
-            loras: LoraSet::new(),
-        }
-    }
-
-    /// Where the blocks live.
-    pub fn residency(mut self, residency: BlockResidency) -> Self {
-        self.residency = residency;
-        self
-    }
-
-    /// The blocks' weight format.
-    pub fn block_weights(mut self, format: WeightFormat) -> Self {
-        self.block_weights = format;
-        self
-    }
-
-    /// LoRAs to merge while loading.
-    pub fn loras(mut self, loras: LoraSet) -> Self {
-        self.loras = loras;
-        self
-    }
-}
+use crate::weights::{TensorSource, WeightError};
 
 impl<B: FramePackBackend> FramePackTransformer<B> {
-    /// Builds the model from `src` as `options` say. Returns the model, the source (to check
-    /// with e.g. [`SafetensorsSource::finish`] that every tensor was used) and the report of
-    /// the LoRA modules merged and the LoRA keys that matched nothing (also printed as a
-    /// warning).
-    pub fn load_options<S: TensorSource<B>>(
-        src: S,
+    /// Builds the model from `src` as `options` say: computing in `options.dtype` (`proj_out`
+    /// is kept in fp32, as the reference's `high_quality_fp32_output_for_inference`), the 60
+    /// blocks resident or streamed from host memory (`options.residency`), their linear
+    /// weights dense or FP8 (`options.block_weights`: [`WeightFormat::Fp8`] halves the
+    /// blocks' memory, e4m3 codes with per-row scales, [`crate::fp8`]; streamed, the host copy
+    /// and every block's transfer are halved too), `options.loras` merged into the weights as
+    /// they load.
+    ///
+    /// Returns the model, the source (to check with e.g.
+    /// [`SafetensorsSource::finish`](crate::weights::SafetensorsSource::finish) that every
+    /// tensor was used; or pass `&mut src`) and the report of the LoRA modules merged and the
+    /// LoRA keys that matched nothing (also printed as a warning; empty without LoRAs).
+    ///
+    /// [`WeightFormat::Fp8`]: crate::nn::WeightFormat::Fp8
+    pub fn load<S: TensorSource<B>>(
+        mut src: S,
         config: TransformerConfig,
         options: &LoadOptions,
     ) -> Result<(Self, S, LoraReport), ModelError> {
+        if options.loras.is_empty() {
+            // Straight from `src`, with its own host and FP8 reads.
+            let model = Self::build(&mut src, config, options)?;
+            return Ok((model, src, LoraReport::default()));
+        }
         let mut src = LoraSource::new(src, &options.loras);
-        let model = Self::load_with(
-            &mut src,
-            config,
-            options.dtype,
-            options.residency,
-            options.block_weights,
-        )?;
+        let model = Self::build(&mut src, config, options)?;
         let (inner, report) = src.finish();
         Ok((model, inner, report))
     }
 
-    /// [`FramePackTransformer::load_options`] from a checkpoint folder as published (or a
-    /// single `.safetensors` file with an optional `config.json` beside it), checking that every
-    /// stored tensor was used.
-    pub fn from_folder_options(
+    /// [`FramePackTransformer::load`] from a checkpoint folder as published (`config.json`
+    /// plus one `.safetensors` or shards with their index), or a single `.safetensors` file
+    /// with an optional `config.json` beside it, checking that every stored tensor was used.
+    /// Streamed blocks are read from the mapped files straight into host memory. An FP8
+    /// checkpoint (weights stored as `F8_E4M3`) loads with either block weight format: its
+    /// codes are kept as they are for FP8 (without LoRAs), and expanded for dense.
+    pub fn from_folder(
         path: impl AsRef<Path>,
         device: &B::Device,
         options: &LoadOptions,
     ) -> Result<(Self, LoraReport), ModelError> {
-        let path = path.as_ref();
-        let config = Self::folder_config(path)?;
-        let src = SafetensorsSource::open(path, device)?;
-        let (model, src, report) = Self::load_options(src, config, options)?;
-        src.finish(|_| false)?;
-        Ok((model, report))
+        load_folder(
+            path.as_ref(),
+            device,
+            folder_config,
+            None,
+            |src, config| {
+                let (model, _, report) = Self::load(src, config, options)?;
+                Ok((model, report))
+            },
+            |_| false,
+        )
+    }
+}
+
+/// The `config.json` beside `path` (a folder or a file in it), or the published
+/// configuration when there is none.
+fn folder_config(path: &Path) -> Result<TransformerConfig, WeightError> {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let config_path = dir.join("config.json");
+    if config_path.is_file() {
+        TransformerConfig::from_file(&config_path)
+    } else {
+        Ok(TransformerConfig::framepack())
     }
 }

@@ -17,9 +17,12 @@ mod model;
 mod refiner;
 pub mod rope;
 
+/// [`crate::load::LoadOptions`], re-exported where the transformer's users look for it.
+pub use crate::load::LoadOptions;
+/// The transformer's name for [`crate::load::Residency`]: where its 60 blocks live.
+pub use crate::load::Residency as BlockResidency;
 pub use blocks::{DoubleStreamBlock, Rotary, SingleStreamBlock};
 pub use config::TransformerConfig;
 pub use inputs::{ContextGroup, TransformerInputs};
-pub use load::LoadOptions;
-pub use model::{BlockResidency, FramePackTransformer, PreparedInputs, STREAMED_TOKEN_CHUNK};
+pub use model::{FramePackTransformer, PreparedInputs, STREAMED_TOKEN_CHUNK};
 pub use refiner::TokenRefiner;

@@ -1,11 +1,10 @@
 //! The full transformer: loading, input packing, the block stack and the output head.
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 
-use super::blocks::{DoubleStreamBlock, Rotary, SingleStreamBlock};
+use super::blocks::{Block, DoubleStreamBlock, Rotary, SingleStreamBlock};
 use super::config::TransformerConfig;
 use super::embeddings::{
     pad_to_multiple, CleanLatentEmbedder, ConditionEmbedding, ImageProjection,
@@ -13,11 +12,12 @@ use super::embeddings::{
 use super::inputs::TransformerInputs;
 use super::refiner::TokenRefiner;
 use super::rope::{Rope3d, RopeTable};
-use crate::error::ModelError;
+use crate::error::{check, ModelError};
+use crate::load::{LoadOptions, Residency};
 use crate::nn::{LoraLinear, LoraSlot, PatchEmbed, WeightFormat};
 use crate::ops::FramePackBackend;
-use crate::streaming::{BlockStreamer, HostCapture, ReplaySource};
-use crate::weights::{SafetensorsSource, TensorSource, WeightError};
+use crate::streaming::{fetch_block, stage_block, BlockStreamer};
+use crate::weights::{TensorSource, WeightError};
 
 /// `[batch, keys]`, true where a key is padding.
 type KeyMask<B> = Tensor<B, 2, Bool>;
@@ -48,18 +48,6 @@ pub struct FramePackTransformer<B: FramePackBackend> {
 /// 17.5k-token block (the 12,288-wide MLP and the single blocks' 15,360-wide concatenation,
 /// about 1 GB in bf16) shrink to a quarter, at GEMMs still 4,096 rows tall.
 pub const STREAMED_TOKEN_CHUNK: usize = 4096;
-
-/// Where the weights of the 60 transformer blocks live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BlockResidency {
-    /// On the device: the fastest (25.7 GB of bf16 weights on the GPU).
-    #[default]
-    Resident,
-    /// In host memory, each block copied to the device just before it runs (the low-VRAM
-    /// mode): two blocks on the device at a time, about 1.4 GB in bf16. On CUDA the copy of
-    /// the next block overlaps the compute of the current one.
-    Streamed,
-}
 
 /// The blocks, resident or streamed.
 enum Blocks<B: FramePackBackend> {
@@ -106,37 +94,15 @@ pub struct PreparedInputs<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> FramePackTransformer<B> {
-    /// Builds the model from `src`, computing in `dtype` (`proj_out` is kept in fp32, as the
-    /// reference's `high_quality_fp32_output_for_inference`), with every block on the device.
-    pub fn load<S: TensorSource<B>>(
+    /// Builds the model from `src` as `options` say, LoRAs aside (they are merged by the
+    /// source [`FramePackTransformer::load`] wraps `src` in).
+    pub(super) fn build<S: TensorSource<B>>(
         src: &mut S,
         config: TransformerConfig,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        Self::load_with_residency(src, config, dtype, BlockResidency::Resident)
-    }
-
-    /// [`FramePackTransformer::load`] with the blocks' [`BlockResidency`] chosen.
-    pub fn load_with_residency<S: TensorSource<B>>(
-        src: &mut S,
-        config: TransformerConfig,
-        dtype: DType,
-        residency: BlockResidency,
-    ) -> Result<Self, ModelError> {
-        Self::load_with(src, config, dtype, residency, WeightFormat::Dense)
-    }
-
-    /// [`FramePackTransformer::load`] with the blocks' [`BlockResidency`] and the format of
-    /// their linear layers' weights chosen. [`WeightFormat::Fp8`] halves the blocks' memory
-    /// (e4m3 codes with per-row scales, [`crate::fp8`]), resident or streamed (then the host
-    /// copy and every block's transfer are halved too).
-    pub fn load_with<S: TensorSource<B>>(
-        src: &mut S,
-        config: TransformerConfig,
-        dtype: DType,
-        residency: BlockResidency,
-        block_weights: WeightFormat,
-    ) -> Result<Self, ModelError> {
+        let (dtype, residency) = (options.dtype, options.residency);
+        let block_weights = options.block_weights;
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
@@ -144,142 +110,74 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
         let hidden = c.hidden_size();
         let mlp = c.mlp_dim();
         let heads = c.num_attention_heads;
-        let load = |src: &mut S| -> Result<Self, WeightError> {
-            Ok(Self {
-                x_embedder: PatchEmbed::load(
-                    src,
-                    "x_embedder.proj",
-                    c.in_channels,
-                    hidden,
-                    [c.patch_size_t, c.patch_size, c.patch_size],
-                    dtype,
-                )?,
-                clean_x_embedder: CleanLatentEmbedder::load(
-                    src,
-                    "clean_x_embedder",
-                    c.in_channels,
-                    hidden,
-                    dtype,
-                )?,
-                context_embedder: TokenRefiner::load(
-                    src,
-                    "context_embedder",
-                    c.text_embed_dim,
-                    heads,
-                    hidden,
-                    mlp,
-                    c.num_refiner_layers,
-                    dtype,
-                )?,
-                time_text_embed: ConditionEmbedding::load(
-                    src,
-                    "time_text_embed",
-                    hidden,
-                    c.pooled_projection_dim,
-                    c.guidance_embeds,
-                    dtype,
-                )?,
-                image_projection: ImageProjection::load(
-                    src,
-                    "image_projection",
-                    c.image_proj_dim,
-                    hidden,
-                    dtype,
-                )?,
-                blocks: Blocks::load(src, c, dtype, residency, block_weights)?,
-                norm_out: LoraLinear::load(
-                    src,
-                    "norm_out.linear",
-                    hidden,
-                    2 * hidden,
-                    true,
-                    dtype,
-                )?,
-                proj_out: LoraLinear::load(
-                    src,
-                    "proj_out",
-                    hidden,
-                    c.patch_size_t * c.patch_size * c.patch_size * c.out_channels,
-                    true,
-                    DType::F32,
-                )?,
-                rope: Rope3d {
-                    axes: c.rope_axes_dim,
-                    theta: c.rope_theta as f32,
-                },
-                rope_cache: Mutex::new(None),
-                token_chunk: (residency == BlockResidency::Streamed)
-                    .then_some(STREAMED_TOKEN_CHUNK),
-                pool_cleanup: residency == BlockResidency::Streamed,
-                config: c.clone(),
+        Ok(Self {
+            x_embedder: PatchEmbed::load(
+                src,
+                "x_embedder.proj",
+                c.in_channels,
+                hidden,
+                [c.patch_size_t, c.patch_size, c.patch_size],
                 dtype,
-            })
-        };
-        Ok(load(src)?)
-    }
-
-    /// Loads a checkpoint folder as published (`config.json` plus one `.safetensors` or
-    /// shards with their index), or a single `.safetensors` file with an optional
-    /// `config.json` beside it, and checks that every stored tensor was used.
-    pub fn from_folder(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        Self::from_folder_with_residency(path, device, dtype, BlockResidency::Resident)
-    }
-
-    /// [`FramePackTransformer::from_folder`] with the blocks' [`BlockResidency`] chosen
-    /// (streamed blocks are read from the mapped files straight into host memory).
-    pub fn from_folder_with_residency(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-        residency: BlockResidency,
-    ) -> Result<Self, ModelError> {
-        Self::from_folder_with(path, device, dtype, residency, WeightFormat::Dense)
-    }
-
-    /// [`FramePackTransformer::from_folder`] with the blocks' [`BlockResidency`] and weight
-    /// format chosen (see [`FramePackTransformer::load_with`]). An FP8 checkpoint (weights
-    /// stored as `F8_E4M3`) loads in either format: its codes are kept as they are for
-    /// [`WeightFormat::Fp8`], and expanded for [`WeightFormat::Dense`].
-    pub fn from_folder_with(
-        path: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-        residency: BlockResidency,
-        block_weights: WeightFormat,
-    ) -> Result<Self, ModelError> {
-        let path = path.as_ref();
-        let config = Self::folder_config(path)?;
-        let mut src = SafetensorsSource::open(path, device)?;
-        let model = Self::load_with(&mut src, config, dtype, residency, block_weights)?;
-        src.finish(|_| false)?;
-        Ok(model)
-    }
-
-    /// The `config.json` beside `path` (a folder or a file in it), or the published
-    /// configuration when there is none.
-    pub(crate) fn folder_config(path: &Path) -> Result<TransformerConfig, ModelError> {
-        let dir = if path.is_dir() {
-            path
-        } else {
-            path.parent().unwrap_or(Path::new("."))
-        };
-        let config_path = dir.join("config.json");
-        Ok(if config_path.is_file() {
-            TransformerConfig::from_file(&config_path)?
-        } else {
-            TransformerConfig::framepack()
+            )?,
+            clean_x_embedder: CleanLatentEmbedder::load(
+                src,
+                "clean_x_embedder",
+                c.in_channels,
+                hidden,
+                dtype,
+            )?,
+            context_embedder: TokenRefiner::load(
+                src,
+                "context_embedder",
+                c.text_embed_dim,
+                heads,
+                hidden,
+                mlp,
+                c.num_refiner_layers,
+                dtype,
+            )?,
+            time_text_embed: ConditionEmbedding::load(
+                src,
+                "time_text_embed",
+                hidden,
+                c.pooled_projection_dim,
+                c.guidance_embeds,
+                dtype,
+            )?,
+            image_projection: ImageProjection::load(
+                src,
+                "image_projection",
+                c.image_proj_dim,
+                hidden,
+                dtype,
+            )?,
+            blocks: Blocks::load(src, c, dtype, residency, block_weights)?,
+            norm_out: LoraLinear::load(src, "norm_out.linear", hidden, 2 * hidden, true, dtype)?,
+            proj_out: LoraLinear::load(
+                src,
+                "proj_out",
+                hidden,
+                c.patch_size_t * c.patch_size * c.patch_size * c.out_channels,
+                true,
+                DType::F32,
+            )?,
+            rope: Rope3d {
+                axes: c.rope_axes_dim,
+                theta: c.rope_theta as f32,
+            },
+            rope_cache: Mutex::new(None),
+            token_chunk: (residency == Residency::Streamed).then_some(STREAMED_TOKEN_CHUNK),
+            pool_cleanup: residency == Residency::Streamed,
+            config: c.clone(),
+            dtype,
         })
     }
 
     /// Where the blocks' weights live.
-    pub fn residency(&self) -> BlockResidency {
+    pub fn residency(&self) -> Residency {
         match self.blocks {
-            Blocks::Resident { .. } => BlockResidency::Resident,
-            Blocks::Streamed { .. } => BlockResidency::Streamed,
+            Blocks::Resident { .. } => Residency::Resident,
+            Blocks::Streamed { .. } => Residency::Streamed,
         }
     }
 
@@ -557,7 +455,7 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
             Blocks::Streamed { double, .. } => match double.first() {
                 Some(&id) => self
                     .blocks
-                    .fetch_double(&self.config, self.dtype, 0, id)
+                    .fetch::<DoubleStreamBlock<B>>(&self.config, self.dtype, 0, id)
                     .modulated_input(x, temb),
                 None => x,
             },
@@ -611,14 +509,18 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
                     }
                 };
                 for (i, &id) in d.iter().enumerate() {
-                    let block = self.blocks.fetch_double(&self.config, self.dtype, i, id);
+                    let block =
+                        self.blocks
+                            .fetch::<DoubleStreamBlock<B>>(&self.config, self.dtype, i, id);
                     prefetch_after(i);
                     xc = double(&block, xc);
                 }
                 let mut z = Tensor::cat(vec![xc.0, xc.1], 1);
                 cleanup();
                 for (j, &id) in s.iter().enumerate() {
-                    let block = self.blocks.fetch_single(&self.config, self.dtype, j, id);
+                    let block =
+                        self.blocks
+                            .fetch::<SingleStreamBlock<B>>(&self.config, self.dtype, j, id);
                     prefetch_after(d.len() + j);
                     z = single(&block, z, n_img);
                 }
@@ -650,18 +552,6 @@ impl<B: FramePackBackend> FramePackTransformer<B> {
     }
 }
 
-fn check(
-    ok: bool,
-    argument: &'static str,
-    reason: impl FnOnce() -> String,
-) -> Result<(), ModelError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ModelError::input(argument, reason()))
-    }
-}
-
 impl<B: FramePackBackend> Blocks<B> {
     /// Loads the blocks as `residency` asks: on the device, or captured into host memory and
     /// staged with the backend's streamer.
@@ -669,38 +559,37 @@ impl<B: FramePackBackend> Blocks<B> {
         src: &mut S,
         c: &TransformerConfig,
         dtype: DType,
-        residency: BlockResidency,
+        residency: Residency,
         format: WeightFormat,
     ) -> Result<Self, WeightError> {
-        let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
-        let double_key = |i: usize| format!("transformer_blocks.{i}");
-        let single_key = |j: usize| format!("single_transformer_blocks.{j}");
+        let dims = block_dims(c);
+        let double = DoubleStreamBlock::<B>::STACK;
+        let single = SingleStreamBlock::<B>::STACK;
+        let (n_double, n_single) = (c.num_layers, c.num_single_layers);
         match residency {
-            BlockResidency::Resident => Ok(Self::Resident {
-                double: (0..c.num_layers)
-                    .map(|i| DoubleStreamBlock::load(src, &double_key(i), dims, dtype, format))
-                    .collect::<Result<_, _>>()?,
-                single: (0..c.num_single_layers)
-                    .map(|j| SingleStreamBlock::load(src, &single_key(j), dims, dtype, format))
-                    .collect::<Result<_, _>>()?,
+            Residency::Resident => Ok(Self::Resident {
+                double: load_stack(src, double, n_double, |src, key| {
+                    DoubleStreamBlock::load_block(src, key, dims, dtype, format)
+                })?,
+                single: load_stack(src, single, n_single, |src, key| {
+                    SingleStreamBlock::load_block(src, key, dims, dtype, format)
+                })?,
             }),
-            BlockResidency::Streamed => {
+            Residency::Streamed => {
                 let mut streamer = B::block_streamer(src.device());
-                let mut double = Vec::with_capacity(c.num_layers);
-                for i in 0..c.num_layers {
-                    let mut capture = HostCapture::new(src);
-                    DoubleStreamBlock::load(&mut capture, &double_key(i), dims, dtype, format)?;
-                    double.push(streamer.stage(capture.into_block()));
-                }
-                let mut single = Vec::with_capacity(c.num_single_layers);
-                for j in 0..c.num_single_layers {
-                    let mut capture = HostCapture::new(src);
-                    SingleStreamBlock::load(&mut capture, &single_key(j), dims, dtype, format)?;
-                    single.push(streamer.stage(capture.into_block()));
-                }
+                let double = load_stack(src, double, n_double, |src, key| {
+                    stage_block(streamer.as_mut(), src, |capture| {
+                        DoubleStreamBlock::<B>::load_block(capture, key, dims, dtype, format)
+                    })
+                })?;
+                let single = load_stack(src, single, n_single, |src, key| {
+                    stage_block(streamer.as_mut(), src, |capture| {
+                        SingleStreamBlock::<B>::load_block(capture, key, dims, dtype, format)
+                    })
+                })?;
                 Ok(Self::Streamed {
-                    streamer,
                     device: src.device().clone(),
+                    streamer,
                     format,
                     double,
                     single,
@@ -709,14 +598,8 @@ impl<B: FramePackBackend> Blocks<B> {
         }
     }
 
-    /// Double block `i` (staged as `id`) rebuilt from its device copy.
-    fn fetch_double(
-        &self,
-        c: &TransformerConfig,
-        dtype: DType,
-        i: usize,
-        id: usize,
-    ) -> DoubleStreamBlock<B> {
+    /// Block `i` of its kind (staged as `id`) rebuilt on the device from its staged copy.
+    fn fetch<T: Block<B>>(&self, c: &TransformerConfig, dtype: DType, i: usize, id: usize) -> T {
         let Self::Streamed {
             streamer,
             device,
@@ -726,34 +609,25 @@ impl<B: FramePackBackend> Blocks<B> {
         else {
             unreachable!("fetch on resident blocks")
         };
-        let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
-        let key = format!("transformer_blocks.{i}");
-        let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
-        DoubleStreamBlock::load(&mut replay, &key, dims, dtype, *format)
-            .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
+        let key = format!("{}.{i}", T::STACK);
+        fetch_block(streamer.as_ref(), device, id, |replay| {
+            T::load_block(replay, &key, block_dims(c), dtype, *format)
+        })
+        .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
     }
+}
 
-    /// Single block `j` (staged as `id`) rebuilt from its device copy.
-    fn fetch_single(
-        &self,
-        c: &TransformerConfig,
-        dtype: DType,
-        j: usize,
-        id: usize,
-    ) -> SingleStreamBlock<B> {
-        let Self::Streamed {
-            streamer,
-            device,
-            format,
-            ..
-        } = self
-        else {
-            unreachable!("fetch on resident blocks")
-        };
-        let mut replay = ReplaySource::new(streamer.block(id), streamer.fetch(id), device);
-        let key = format!("single_transformer_blocks.{j}");
-        let dims = [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()];
-        SingleStreamBlock::load(&mut replay, &key, dims, dtype, *format)
-            .unwrap_or_else(|e| panic!("streamed block {key} does not replay its capture: {e}"))
-    }
+/// `[heads, head_dim, mlp]`, the dimensions both kinds of block load with.
+fn block_dims(c: &TransformerConfig) -> [usize; 3] {
+    [c.num_attention_heads, c.attention_head_dim, c.mlp_dim()]
+}
+
+/// `load(src, key)` for the `n` blocks `{stack}.{i}` of one kind, in order.
+fn load_stack<S, R>(
+    src: &mut S,
+    stack: &str,
+    n: usize,
+    mut load: impl FnMut(&mut S, &str) -> Result<R, WeightError>,
+) -> Result<Vec<R>, WeightError> {
+    (0..n).map(|i| load(src, &format!("{stack}.{i}"))).collect()
 }

@@ -3,9 +3,9 @@
 use burn::tensor::Tensor;
 
 use super::decoder::DecoderState;
-use super::model::{check, HunyuanVideoVae};
+use super::model::HunyuanVideoVae;
 use super::tiling::SpatialTiles;
-use crate::error::ModelError;
+use crate::error::{check, ModelError};
 use crate::ops::FramePackBackend;
 
 /// A decoder that takes a clip's latents in consecutive chunks (one latent frame or more per

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::load::read_config;
 use crate::weights::WeightError;
 
 const DOWN_BLOCK: &str = "HunyuanVideoDownBlock3D";
@@ -87,17 +88,7 @@ impl VaeConfig {
 
     /// Reads and validates a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WeightError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| WeightError::io(path, e))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| WeightError::BadConfig {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        config.validate().map_err(|reason| WeightError::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        Ok(config)
+        read_config(path.as_ref(), None, |config: &mut Self| config.validate())
     }
 
     /// Checks the invariants the implementation relies on (the same ones diffusers enforces,

@@ -10,9 +10,10 @@ use super::config::{VaeConfig, VaeTiling};
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::posterior::Posterior;
-use crate::error::ModelError;
+use crate::error::{check, ModelError};
+use crate::load::{load_folder, LoadOptions};
 use crate::ops::FramePackBackend;
-use crate::weights::{SafetensorsSource, TensorSource, WeightError};
+use crate::weights::TensorSource;
 
 /// The causal 3D VAE of HunyuanVideo with its weights.
 ///
@@ -39,31 +40,18 @@ pub struct HunyuanVideoVae<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> HunyuanVideoVae<B> {
-    /// Loads the VAE folder as published (`hunyuanvideo-community/HunyuanVideo`'s `vae/`:
-    /// `config.json` and the safetensors), checking that every stored tensor was used: the
-    /// same protocol as the other networks' `from_folder`.
-    pub fn from_folder(
-        folder: impl AsRef<Path>,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        let folder = folder.as_ref();
-        let config = VaeConfig::from_file(folder.join("config.json"))?;
-        let mut src = SafetensorsSource::<B>::open(folder, device)?;
-        let vae = Self::load(&mut src, config, dtype)?;
-        src.finish(|_| false)?;
-        Ok(vae)
-    }
-
     /// Builds the VAE from `src` (checkpoint keys `encoder.*`, `decoder.*`, `quant_conv.*`,
-    /// `post_quant_conv.*`), computing in `dtype` (F32, F16 or BF16; the published weights
-    /// are fp32 and FramePack runs them in fp16). Tiling starts at diffusers' defaults
-    /// ([`VaeTiling::reference`]).
+    /// `post_quant_conv.*`), computing in `options.dtype` (F32, F16 or BF16; the published
+    /// weights are fp32 and FramePack runs them in fp16). Tiling starts at diffusers' defaults
+    /// ([`VaeTiling::reference`]). The VAE is always resident, dense and without LoRA: other
+    /// options are an error.
     pub fn load<S: TensorSource<B>>(
-        src: &mut S,
+        mut src: S,
         config: VaeConfig,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        options.check("VAE", false)?;
+        let dtype = options.dtype;
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
@@ -75,34 +63,42 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
         }
         let c = &config;
         let latent = c.latent_channels;
-        let load = |src: &mut S| -> Result<Self, WeightError> {
-            Ok(Self {
-                encoder: Encoder::load(src, "encoder", c, dtype)?,
-                decoder: Decoder::load(src, "decoder", c, dtype)?,
-                quant_conv: Conv3d::load(
-                    src,
-                    "quant_conv",
-                    2 * latent,
-                    2 * latent,
-                    1,
-                    [1; 3],
-                    dtype,
-                )?,
-                post_quant_conv: Conv3d::load(
-                    src,
-                    "post_quant_conv",
-                    latent,
-                    latent,
-                    1,
-                    [1; 3],
-                    dtype,
-                )?,
-                tiling: VaeTiling::reference(),
-                config: c.clone(),
+        let src = &mut src;
+        Ok(Self {
+            encoder: Encoder::load(src, "encoder", c, dtype)?,
+            decoder: Decoder::load(src, "decoder", c, dtype)?,
+            quant_conv: Conv3d::load(src, "quant_conv", 2 * latent, 2 * latent, 1, [1; 3], dtype)?,
+            post_quant_conv: Conv3d::load(
+                src,
+                "post_quant_conv",
+                latent,
+                latent,
+                1,
+                [1; 3],
                 dtype,
-            })
-        };
-        Ok(load(src)?)
+            )?,
+            tiling: VaeTiling::reference(),
+            config: c.clone(),
+            dtype,
+        })
+    }
+
+    /// [`HunyuanVideoVae::load`] from the VAE folder as published
+    /// (`hunyuanvideo-community/HunyuanVideo`'s `vae/`: `config.json` and the safetensors),
+    /// checking that every stored tensor was used.
+    pub fn from_folder(
+        folder: impl AsRef<Path>,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        load_folder(
+            folder.as_ref(),
+            device,
+            |dir| VaeConfig::from_file(dir.join("config.json")),
+            None,
+            |src, config| Self::load(src, config, options),
+            |_| false,
+        )
     }
 
     /// The configuration.
@@ -312,17 +308,5 @@ impl<B: FramePackBackend> HunyuanVideoVae<B> {
             .decoder
             .forward(self.post_quant_conv.forward(z), None, release);
         super::released(pixels, release)
-    }
-}
-
-pub(super) fn check(
-    ok: bool,
-    argument: &'static str,
-    reason: impl FnOnce() -> String,
-) -> Result<(), ModelError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ModelError::input(argument, reason()))
     }
 }

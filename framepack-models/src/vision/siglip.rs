@@ -13,11 +13,12 @@ use serde::Deserialize;
 
 use super::preprocess::SiglipImageProcessor;
 use crate::error::ModelError;
+use crate::load::{load_folder, read_config, KeyRoot, LoadOptions};
 use crate::nn::{
     EncoderActivation, EncoderAttention, EncoderLayer, EncoderLayerConfig, LayerNorm, Linear,
 };
 use crate::ops::FramePackBackend;
-use crate::weights::{join, CheckpointFiles, SafetensorsSource, TensorSource, WeightError};
+use crate::weights::{TensorSource, WeightError};
 
 /// Hyper-parameters of `SiglipVisionModel`, as in the checkpoint's `config.json`; the
 /// defaults are those of `google/siglip-so400m-patch14-384`.
@@ -81,20 +82,9 @@ impl SiglipVisionConfig {
     /// Reads and validates a `config.json` (a `SiglipVisionConfig`, or a full `SiglipConfig`
     /// whose `vision_config` is used).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, WeightError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| WeightError::io(path, e))?;
-        let bad = |reason: String| WeightError::BadConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        if let Some(inner) = json.get_mut("vision_config") {
-            json = inner.take();
-        }
-        let config: Self = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-        config.validate().map_err(bad)?;
-        Ok(config)
+        read_config(path.as_ref(), Some("vision_config"), |config: &mut Self| {
+            config.validate()
+        })
     }
 
     /// Checks the invariants the implementation relies on.
@@ -153,92 +143,85 @@ pub struct SiglipVisionEncoder<B: FramePackBackend> {
 }
 
 impl<B: FramePackBackend> SiglipVisionEncoder<B> {
-    /// Builds the tower from `src`, with keys `{root}.embeddings.…`, `{root}.encoder.…`,
-    /// `{root}.post_layernorm.…`; the published checkpoint uses `root = "vision_model"`.
+    /// The root of the tower's keys in the published checkpoint (`vision_model.embeddings.…`) and
+    /// a key under it that every checkpoint stores: `Rerooted::detect(src, files, KEY_ROOT)`
+    /// reads the published keys from a checkpoint saved without the root (transformers ≥ 5).
+    pub const KEY_ROOT: KeyRoot = ("vision_model.", "post_layernorm.weight");
+
+    /// Builds the tower from `src`, with the published keys `vision_model.embeddings.…`,
+    /// `vision_model.encoder.…`, `vision_model.post_layernorm.…` (see
+    /// [`SiglipVisionEncoder::KEY_ROOT`] for checkpoints without the root), computing in
+    /// `options.dtype`. SigLIP is always resident, dense and without LoRA: other options are
+    /// an error.
     pub fn load<S: TensorSource<B>>(
-        src: &mut S,
-        root: &str,
+        mut src: S,
         config: SiglipVisionConfig,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        options.check("SigLIP image encoder", false)?;
+        let dtype = options.dtype;
         config
             .validate()
             .map_err(|reason| ModelError::input("config", reason))?;
-        let p = |name: &str| join(root, name);
+        let p = |name: &str| format!("{}{name}", Self::KEY_ROOT.0);
         let (d, c, k) = (config.hidden_size, config.num_channels, config.patch_size);
-        let load = |src: &mut S| -> Result<Self, WeightError> {
-            let kernel: Tensor<B, 4> =
-                src.tensor(&p("embeddings.patch_embedding.weight"), [d, c, k, k], dtype)?;
-            let bias = src.tensor(&p("embeddings.patch_embedding.bias"), [d], dtype)?;
-            Ok(Self {
-                patch_embedding: Linear::new(kernel.reshape([d, c * k * k]), Some(bias)),
-                position_embedding: src.tensor(
-                    &p("embeddings.position_embedding.weight"),
-                    [config.num_patches(), d],
-                    dtype,
-                )?,
-                layers: (0..config.num_hidden_layers)
-                    .map(|i| {
-                        EncoderLayer::load(
-                            src,
-                            &p(&format!("encoder.layers.{i}")),
-                            EncoderLayerConfig {
-                                hidden: config.hidden_size,
-                                mlp: config.intermediate_size,
-                                heads: config.num_attention_heads,
-                                eps: config.layer_norm_eps,
-                                attention: EncoderAttention::Bidirectional,
-                                activation: EncoderActivation::GeluTanh,
-                            },
-                            dtype,
-                        )
-                    })
-                    .collect::<Result<_, _>>()?,
-                post_layernorm: LayerNorm::load(
-                    src,
-                    &p("post_layernorm"),
-                    d,
-                    config.layer_norm_eps,
-                    dtype,
-                )?,
-                config: config.clone(),
+        let src = &mut src;
+        let kernel: Tensor<B, 4> =
+            src.tensor(&p("embeddings.patch_embedding.weight"), [d, c, k, k], dtype)?;
+        let bias = src.tensor(&p("embeddings.patch_embedding.bias"), [d], dtype)?;
+        Ok(Self {
+            patch_embedding: Linear::new(kernel.reshape([d, c * k * k]), Some(bias)),
+            position_embedding: src.tensor(
+                &p("embeddings.position_embedding.weight"),
+                [config.num_patches(), d],
                 dtype,
-            })
-        };
-        Ok(load(src)?)
+            )?,
+            layers: (0..config.num_hidden_layers)
+                .map(|i| {
+                    EncoderLayer::load(
+                        src,
+                        &p(&format!("encoder.layers.{i}")),
+                        EncoderLayerConfig {
+                            hidden: config.hidden_size,
+                            mlp: config.intermediate_size,
+                            heads: config.num_attention_heads,
+                            eps: config.layer_norm_eps,
+                            attention: EncoderAttention::Bidirectional,
+                            activation: EncoderActivation::GeluTanh,
+                        },
+                        dtype,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+            post_layernorm: LayerNorm::load(
+                src,
+                &p("post_layernorm"),
+                d,
+                config.layer_norm_eps,
+                dtype,
+            )?,
+            config: config.clone(),
+            dtype,
+        })
     }
 
-    /// Loads the published folder (`config.json` + safetensors). Keys are expected under
+    /// [`SiglipVisionEncoder::load`] from the published folder (`config.json` +
+    /// safetensors), checking that every stored tensor was used. Keys are expected under
     /// `vision_model.` (transformers 4.x exports); files without that prefix (saved by
     /// transformers ≥ 5) are accepted too. The pooling head, if stored, is skipped.
     pub fn from_folder(
         folder: impl AsRef<Path>,
         device: &B::Device,
-        dtype: DType,
+        options: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let folder = folder.as_ref();
-        let config = SiglipVisionConfig::from_file(folder.join("config.json"))?;
-        Self::from_checkpoint(CheckpointFiles::open(folder)?, config, device, dtype)
-    }
-
-    /// Loads from opened checkpoint files with a given config (see [`Self::from_folder`]).
-    pub fn from_checkpoint(
-        files: CheckpointFiles,
-        config: SiglipVisionConfig,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, ModelError> {
-        let root = if files.contains("vision_model.post_layernorm.weight")
-            || !files.contains("post_layernorm.weight")
-        {
-            "vision_model"
-        } else {
-            ""
-        };
-        let mut src = SafetensorsSource::new(files, device);
-        let model = Self::load(&mut src, root, config, dtype)?;
-        src.finish(SiglipVisionConfig::is_unused_key)?;
-        Ok(model)
+        load_folder(
+            folder.as_ref(),
+            device,
+            |dir| SiglipVisionConfig::from_file(dir.join("config.json")),
+            Some(Self::KEY_ROOT),
+            |src, config| Self::load(src, config, options),
+            SiglipVisionConfig::is_unused_key,
+        )
     }
 
     /// The configuration.

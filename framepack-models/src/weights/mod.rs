@@ -4,18 +4,21 @@
 //! Hugging Face key names and shapes. The same construction code therefore serves three
 //! purposes: loading a published checkpoint ([`SafetensorsSource`]), building a random-weight
 //! model of any size for demos and benchmarks ([`RandomSource`]), and listing what a
-//! full-size model expects without allocating it ([`ManifestRecorder`]).
+//! full-size model expects without allocating it ([`ManifestRecorder`]). Sources compose by
+//! wrapping ([`Rerooted`], [`crate::lora::LoraSource`]), and `&mut source` is a source too.
 
 mod error;
 pub mod hub;
 mod manifest;
 mod random;
 mod safetensors;
+mod shared;
 
 pub use error::WeightError;
 pub use manifest::{ManifestEntry, ManifestRecorder};
 pub use random::RandomSource;
 pub use safetensors::{CheckpointFiles, SafetensorsSource, TensorMeta};
+pub use shared::{Rerooted, SharedSource};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
@@ -88,6 +91,57 @@ pub trait TensorSource<B: Backend> {
         dtype: DType,
     ) -> Result<Fp8Weight<B>, WeightError> {
         Ok(self.fp8_host(key, shape)?.upload(self.device(), dtype))
+    }
+
+    /// An owned handle that reads this source's tensors again at any later time, or `None`
+    /// (the default) where the source cannot be read twice. Checkpoints
+    /// ([`SafetensorsSource`]: the mapped files) and random weights ([`RandomSource`]) can:
+    /// LLaMA streamed from them reads each decoder layer during each call.
+    fn shared(&self) -> Option<SharedSource<B>> {
+        None
+    }
+}
+
+/// A borrowed source is a source: `load(&mut src, …)` builds a network and leaves `src` to
+/// the caller (to [`SafetensorsSource::finish`], or to load the next network from).
+impl<B: Backend, S: TensorSource<B>> TensorSource<B> for &mut S {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        dtype: DType,
+    ) -> Result<Tensor<B, D>, WeightError> {
+        (**self).tensor(key, shape, dtype)
+    }
+
+    fn device(&self) -> &B::Device {
+        (**self).device()
+    }
+
+    fn host_data(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<TensorData, WeightError> {
+        (**self).host_data(key, shape, dtype)
+    }
+
+    fn fp8_host(&mut self, key: &str, shape: [usize; 2]) -> Result<Fp8Host, WeightError> {
+        (**self).fp8_host(key, shape)
+    }
+
+    fn fp8_weight(
+        &mut self,
+        key: &str,
+        shape: [usize; 2],
+        dtype: DType,
+    ) -> Result<Fp8Weight<B>, WeightError> {
+        (**self).fp8_weight(key, shape, dtype)
+    }
+
+    fn shared(&self) -> Option<SharedSource<B>> {
+        (**self).shared()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use burn::tensor::{backend::Backend, DType, Distribution, Slice, Tensor, TensorData};
 
-use super::{TensorSource, WeightError};
+use super::{SharedSource, TensorSource, WeightError};
 
 /// A [`TensorSource`] that draws every parameter from a normal distribution.
 ///
@@ -16,6 +16,18 @@ pub struct RandomSource<B: Backend> {
     std: f64,
     /// `Some(seed)`: drawn on the host, keyed by seed and tensor name.
     host_seed: Option<u64>,
+}
+
+impl<B: Backend> Clone for RandomSource<B> {
+    /// The same draws: host-drawn weights are keyed by name, so a clone draws the same
+    /// values; device-drawn ones continue the backend's generator.
+    fn clone(&self) -> Self {
+        Self {
+            device: self.device.clone(),
+            std: self.std,
+            host_seed: self.host_seed,
+        }
+    }
 }
 
 impl<B: Backend> RandomSource<B> {
@@ -140,6 +152,10 @@ impl<B: Backend> TensorSource<B> for RandomSource<B> {
 
     fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    fn shared(&self) -> Option<SharedSource<B>> {
+        Some(SharedSource::random(self.clone()))
     }
 }
 

@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, bf16, f16, DType, Tensor, TensorData};
 use memmap2::Mmap;
 use safetensors::{tensor::Metadata, Dtype, SafeTensors};
 
-use super::{ManifestEntry, TensorSource, WeightError};
+use super::{ManifestEntry, SharedSource, TensorSource, WeightError};
 use crate::fp8::Fp8Host;
 
 /// Shape and storage dtype of one stored tensor.
@@ -204,6 +205,19 @@ impl CheckpointFiles {
     /// Whether the checkpoint stores `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
+    }
+
+    /// The key prefix this checkpoint stores `probe` under: `alternative` when it holds
+    /// `{alternative}{probe}` and not `{published}{probe}`, else `published`. For exports
+    /// that name a network's modules from another root (`model.` for LLaMA saved from
+    /// `LlamaForCausalLM`; no `text_model.` for CLIP saved by transformers ≥ 5).
+    pub fn prefix_of<'a>(&self, probe: &str, published: &'a str, alternative: &'a str) -> &'a str {
+        let stored = |prefix: &str| self.contains(&format!("{prefix}{probe}"));
+        if !stored(published) && stored(alternative) {
+            alternative
+        } else {
+            published
+        }
     }
 
     /// Shape and dtype of every stored tensor, sorted by key.
@@ -450,7 +464,7 @@ fn decode(bytes: &[u8], stored: Dtype, shape: &[usize], dtype: DType) -> Option<
 /// tensors the model never asked for, which catches loading the wrong checkpoint or a
 /// mis-mapped key early.
 pub struct SafetensorsSource<B: Backend> {
-    files: CheckpointFiles,
+    files: Arc<CheckpointFiles>,
     device: B::Device,
     prefix: String,
     used: HashSet<String>,
@@ -465,9 +479,20 @@ impl<B: Backend> SafetensorsSource<B> {
     /// Wraps already opened checkpoint files.
     pub fn new(files: CheckpointFiles, device: &B::Device) -> Self {
         Self {
-            files,
+            files: Arc::new(files),
             device: device.clone(),
             prefix: String::new(),
+            used: HashSet::new(),
+        }
+    }
+
+    /// Another source over the same mapped files and prefix, with its own record of the keys
+    /// used.
+    pub(super) fn reader(&self) -> Self {
+        Self {
+            files: Arc::clone(&self.files),
+            device: self.device.clone(),
+            prefix: self.prefix.clone(),
             used: HashSet::new(),
         }
     }
@@ -482,6 +507,11 @@ impl<B: Backend> SafetensorsSource<B> {
     /// The underlying files.
     pub fn files(&self) -> &CheckpointFiles {
         &self.files
+    }
+
+    /// The underlying files, shared.
+    pub(crate) fn files_shared(&self) -> Arc<CheckpointFiles> {
+        Arc::clone(&self.files)
     }
 
     /// Checks that every stored tensor was used, except those `ignore` accepts
@@ -554,5 +584,9 @@ impl<B: Backend> TensorSource<B> for SafetensorsSource<B> {
         };
         self.used.insert(full);
         Ok(fp8)
+    }
+
+    fn shared(&self) -> Option<SharedSource<B>> {
+        Some(SharedSource::files(self.reader()))
     }
 }

@@ -5,6 +5,7 @@ use burn::tensor::{DType, Tensor};
 use framepack_models::vae::{HunyuanVideoVae, VaeConfig, VaeTiling};
 use framepack_models::weights::{CheckpointFiles, SafetensorsSource};
 use framepack_models::CpuBackend as B;
+use framepack_models::LoadOptions;
 
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -15,7 +16,7 @@ pub fn load(dtype: DType) -> HunyuanVideoVae<B> {
         &Default::default(),
     )
     .unwrap();
-    let vae = HunyuanVideoVae::load(&mut src, VaeConfig::tiny(), dtype).unwrap();
+    let vae = HunyuanVideoVae::load(&mut src, VaeConfig::tiny(), &LoadOptions::new(dtype)).unwrap();
     src.finish(|_| false).unwrap();
     vae
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use burn::tensor::{DType, Tensor, TensorData};
-use framepack_models::transformer::{FramePackTransformer, TransformerConfig};
+use framepack_models::transformer::{FramePackTransformer, LoadOptions, TransformerConfig};
 use framepack_models::weights::SafetensorsSource;
 use framepack_models::CpuBackend;
 use framepack_sampling::{
@@ -178,7 +178,13 @@ pub fn tiny_transformer(dtype: DType) -> FramePackTransformer<B> {
         &device(),
     )
     .expect("tiny transformer fixture");
-    FramePackTransformer::load(&mut src, TransformerConfig::tiny(), dtype).expect("loads")
+    FramePackTransformer::load(
+        &mut src,
+        TransformerConfig::tiny(),
+        &LoadOptions::new(dtype),
+    )
+    .expect("loads")
+    .0
 }
 
 /// Deterministic pseudo-random values (not a test of anything; just inputs).
