@@ -43,6 +43,17 @@ pub enum Error {
     /// ... (the message names the argument and value).
     #[error("{0}")]
     Plan(#[from] framepack_core::Error),
+    /// The server's job queue could not be read or written.
+    #[error("job queue `{path}`: {reason}")]
+    Queue {
+        /// The queue's database file.
+        path: PathBuf,
+        /// What SQLite reported.
+        reason: String,
+    },
+    /// The server could not start or stopped (address in use, ...).
+    #[error("server: {0}")]
+    Serve(String),
     /// An argument is out of range.
     #[error("invalid `{argument}`: {reason}")]
     InvalidArgument {

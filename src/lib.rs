@@ -42,6 +42,8 @@ mod on_demand;
 mod pipeline;
 pub mod record;
 mod request;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod tiny;
 pub mod video;
 

@@ -49,6 +49,39 @@ enum Command {
     Info(InfoArgs),
     /// Print the section schedule of a request without running any model.
     Plan(Box<PlanArgs>),
+    /// Serve the web app and HTTP API: the models loaded once, a persistent job queue.
+    #[cfg(feature = "serve")]
+    Serve(Box<ServeArgs>),
+}
+
+/// `framepack serve`.
+#[cfg(feature = "serve")]
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// The address to listen on. Loopback by default; any other address needs --token.
+    #[arg(long, default_value = "127.0.0.1:7860")]
+    listen: std::net::SocketAddr,
+    /// A token every request must carry (`Authorization: Bearer TOKEN`, or `?token=TOKEN` in
+    /// the page's URL).
+    #[arg(long)]
+    token: Option<String>,
+    /// The server's folder: the job queue (queue.sqlite) and each job's inputs and outputs.
+    #[arg(long, default_value = "outputs/serve")]
+    dir: PathBuf,
+    /// A folder of LoRA files (.safetensors) that clients may pick by name.
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
+    /// The most jobs waiting at once; more are refused (HTTP 429).
+    #[arg(long, default_value_t = 100)]
+    max_queued: u32,
+    /// The most pixels of one uploaded image (read from its header before decoding).
+    #[arg(long, default_value_t = 40_000_000)]
+    max_pixels: u64,
+    /// The most bytes of one submission, in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_upload_mib: usize,
 }
 
 /// What to generate (every control of FramePack and FramePack-eichi).
@@ -379,6 +412,8 @@ fn main() -> ExitCode {
         Command::Download(args) => download(args).map_err(Failure::from),
         Command::Info(args) => info(args).map_err(Failure::from),
         Command::Plan(args) => plan(*args).map_err(Failure::from),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve(*args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -742,6 +777,79 @@ impl Ui {
     }
 }
 
+/// A pipeline builder for the model options (`tiny`: the tiny-random seed; `dtypes`: `None`
+/// for the device's).
+fn pipeline_builder(
+    models: &ModelArgs,
+    tiny: Option<u64>,
+    dtypes: Option<Dtypes>,
+) -> framepack::PipelineBuilder {
+    // The builder resolves `auto` again, so that the record says the choice was automatic.
+    let mut builder = Pipeline::builder()
+        .device(models.device)
+        .memory(models.memory)
+        .block_weights(if models.fp8 || models.fp8_tensor_cores {
+            WeightFormat::Fp8
+        } else {
+            WeightFormat::Dense
+        })
+        .runtime(kernels(models))
+        .lora_mode(models.lora_mode);
+    if let Some(dtypes) = dtypes {
+        builder = builder.dtypes(dtypes);
+    }
+    if let Some(seed) = tiny {
+        return builder.tiny_random(seed);
+    }
+    let locations = models.locations.locations(models.download);
+    if let Some(d) = &locations.cache_dir {
+        builder = builder.model_dir(d);
+    }
+    if let Some(dir) = &locations.transformer {
+        builder = builder.transformer_dir(dir);
+    }
+    if let Some(dir) = &locations.transformer_f1 {
+        builder = builder.transformer_f1_dir(dir);
+    }
+    if let Some(dir) = &locations.hunyuan_video {
+        builder = builder.hunyuan_video_dir(dir);
+    }
+    if let Some(dir) = &locations.flux_redux {
+        builder = builder.flux_redux_dir(dir);
+    }
+    builder = builder.download(locations.download);
+    if let Some(dir) = &models.prompt_cache {
+        builder = builder.prompt_cache_dir(dir);
+    }
+    builder
+}
+
+/// What is being loaded, for the user.
+fn loading_note(
+    models: &ModelArgs,
+    tiny: Option<u64>,
+    device: DeviceChoice,
+    dtypes: Option<Dtypes>,
+) -> String {
+    let auto = if models.device == DeviceChoice::Auto {
+        " (auto)"
+    } else {
+        ""
+    };
+    match tiny {
+        Some(seed) => format!(
+            "model: tiny-random (seed {seed}) on {device}{auto}: random weights, the output is NOISE"
+        ),
+        None => format!(
+            "loading the FramePack models on {device}{auto}{} ...",
+            dtypes.map_or(String::new(), |d| format!(
+                " ({} transformer)",
+                dtype_name(d.transformer)
+            ))
+        ),
+    }
+}
+
 /// The kernel choices the model options name, on top of the environment's.
 fn kernels(models: &ModelArgs) -> RuntimeOptions {
     let env = RuntimeOptions::from_env();
@@ -782,69 +890,10 @@ fn run(job: Job<'_>) -> Result<(), Failure> {
 
     let mut ui = Ui::new();
     let started = Instant::now();
-    let memory = args.models.memory;
-    // The builder resolves `auto` again, so that the record says the choice was automatic.
-    let mut builder = Pipeline::builder()
-        .device(args.models.device)
-        .memory(memory)
-        .block_weights(if args.models.fp8 || args.models.fp8_tensor_cores {
-            WeightFormat::Fp8
-        } else {
-            WeightFormat::Dense
-        })
-        .runtime(kernels(&args.models))
+    let builder = pipeline_builder(&args.models, tiny, dtypes)
         .mode(request.mode_value())
-        .lora_mode(args.models.lora_mode)
         .loras(request.loras());
-    if let Some(dtypes) = dtypes {
-        builder = builder.dtypes(dtypes);
-    }
-    let auto = if args.models.device == DeviceChoice::Auto {
-        " (auto)"
-    } else {
-        ""
-    };
-    let loading = match tiny {
-        Some(seed) => {
-            builder = builder.tiny_random(seed);
-            format!(
-                "model: tiny-random (seed {seed}) on {device}{auto}: random weights, the output is NOISE"
-            )
-        }
-        None => {
-            let l = &args.models.locations;
-            let locations = l.locations(args.models.download);
-            if let Some(d) = &locations.cache_dir {
-                builder = builder.model_dir(d);
-            }
-            for (set, dir) in [
-                (0, &locations.transformer),
-                (1, &locations.transformer_f1),
-                (2, &locations.hunyuan_video),
-                (3, &locations.flux_redux),
-            ] {
-                if let Some(dir) = dir {
-                    builder = match set {
-                        0 => builder.transformer_dir(dir),
-                        1 => builder.transformer_f1_dir(dir),
-                        2 => builder.hunyuan_video_dir(dir),
-                        _ => builder.flux_redux_dir(dir),
-                    };
-                }
-            }
-            builder = builder.download(locations.download);
-            if let Some(dir) = &args.models.prompt_cache {
-                builder = builder.prompt_cache_dir(dir);
-            }
-            format!(
-                "loading the FramePack models on {device}{auto}{} ...",
-                dtypes.map_or(String::new(), |d| format!(
-                    " ({} transformer)",
-                    dtype_name(d.transformer)
-                ))
-            )
-        }
-    };
+    let loading = loading_note(&args.models, tiny, device, dtypes);
     // The prompts are checked with the tokenizer alone, before the long model load.
     builder.check(&request)?;
     ui.note(&loading);
@@ -952,6 +1001,32 @@ fn run(job: Job<'_>) -> Result<(), Failure> {
         println!("{w}");
     }
     Ok(())
+}
+
+#[cfg(feature = "serve")]
+fn serve(args: ServeArgs) -> Result<(), Error> {
+    use framepack::serve::{Limits, ServeOptions};
+    let device = args.models.device.resolve()?;
+    let dtypes = dtypes_for(args.models.dtype, device);
+    let tiny = (args.models.model == ModelArg::TinyRandom).then_some(args.models.tiny_seed);
+    let options = ServeOptions {
+        listen: args.listen,
+        token: args.token.clone(),
+        dir: args.dir.clone(),
+        lora_dir: args.lora_dir.clone(),
+        limits: Limits {
+            max_queued: args.max_queued,
+            max_upload_bytes: args.max_upload_mib << 20,
+            max_pixels: args.max_pixels,
+        },
+    };
+    // A bad address or a missing token is refused before the long model load.
+    framepack::serve::check(&options)?;
+    eprintln!("{}", loading_note(&args.models, tiny, device, dtypes));
+    let builder = pipeline_builder(&args.models, tiny, dtypes);
+    framepack::serve::serve(builder, options, |url| {
+        println!("framepack serve: open {url}");
+    })
 }
 
 fn human(d: Duration) -> String {
