@@ -450,16 +450,7 @@ fn build_request(
         r = r.resolution(resolution);
     }
     if let Some(v) = spec.section_length {
-        r = r.window(match v {
-            v if (v - 1.0).abs() < 1e-9 => crate::WindowSize::default(),
-            v if (v - 0.5).abs() < 1e-9 => crate::WindowSize::HalfSecond,
-            other => {
-                return Err(ApiError::bad(
-                    "section_length",
-                    format!("{other}: expected 1 or 0.5"),
-                ))
-            }
-        });
+        r = r.window(section_window(v)?);
     }
     if let Some(v) = spec.flavor {
         r = r.flavor(v);
@@ -482,6 +473,21 @@ fn build_request(
         r = r.lora(path, lora.strength.unwrap_or(crate::DEFAULT_LORA_STRENGTH));
     }
     Ok(r)
+}
+
+/// The window of a section length in seconds: 1 (FramePack's window of 9 latents) or 0.5
+/// (eichi's short sections); anything else is refused, for jobs and plans alike.
+fn section_window(seconds: f64) -> Result<crate::WindowSize, ApiError> {
+    if (seconds - 1.0).abs() < 1e-9 {
+        Ok(crate::WindowSize::default())
+    } else if (seconds - 0.5).abs() < 1e-9 {
+        Ok(crate::WindowSize::HalfSecond)
+    } else {
+        Err(ApiError::bad(
+            "section_length",
+            format!("{seconds}: expected 1 or 0.5"),
+        ))
+    }
 }
 
 /// A LoRA file of the configured folder by name: clients never name server paths.
@@ -773,11 +779,7 @@ pub async fn plan(
         r = r.resolution(v.parse().map_err(request_error)?);
     }
     if let Some(v) = q.section_length {
-        r = r.window(if v == 0.5 {
-            crate::WindowSize::HalfSecond
-        } else {
-            crate::WindowSize::default()
-        });
+        r = r.window(section_window(v)?);
     }
     let plan = r.plan().map_err(request_error)?;
     let sections = (0..plan.sections.sections())

@@ -174,7 +174,8 @@ pub fn run(shared: Arc<Shared>, mut pipeline: Pipeline) {
     }
 }
 
-/// The outputs of a job in its folder, by the names of [`OUTPUTS`].
+/// The outputs of a job in its folder, by the names of [`OUTPUTS`] (FramePack's default
+/// quality).
 pub fn outputs_in(dir: &Path, one_frame: bool) -> Outputs {
     let mut outputs = Outputs::beside(dir.join(if one_frame { "image.png" } else { "video.mp4" }));
     outputs.record = Some(dir.join("record.json"));
@@ -260,9 +261,7 @@ fn run_job(
     if let Some(e) = preview_error {
         eprintln!("job {id}: could not write the preview: {e}");
     }
-    let mut outputs = outputs_in(&dir, one_frame);
-    outputs.crf = crate::video::DEFAULT_CRF;
-    video.save(&outputs)?;
+    video.save(&outputs_in(&dir, one_frame))?;
     eprintln!(
         "job {id}: {} frames in {:.1} s",
         video.frames.len(),
